@@ -1,0 +1,1 @@
+"""tunelab: Pareto precision tuning for LLMs on Tenstorrent hardware through tt-transformers."""

@@ -1,0 +1,65 @@
+"""Whole-model presets as tt-transformers resolves them (`DecodersPrecision.performance/accuracy`).
+
+A preset is the per-decoder preset on every layer, unless tt-transformers ships an override file
+`model_params/<model_name>/<preset>_decoder_config.json`; then that file is read with decoder_config semantics.
+Override files come from the installed tt-metal (`$TT_METAL_HOME/models/tt_transformers/model_params`) when there is
+one, since they change between versions, else from the snapshot bundled in `tunelab/model_params`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from tunelab.errors import ConfigError, ConfigWarning
+from tunelab.interop.decoder_json import read_decoder_config
+from tunelab.precision import DecoderPrecision, ModelPrecision
+from tunelab.presets import generic_accuracy, generic_performance, hard_defaults
+
+__all__ = ["PRESETS", "model_preset", "override_file", "override_root"]
+
+BUNDLED_MODEL_PARAMS = Path(__file__).parent / "model_params"
+_GENERIC: dict[str, Callable[[str], DecoderPrecision]] = {
+    "performance": generic_performance,
+    "accuracy": generic_accuracy,
+    "defaults": lambda _model_name: hard_defaults(),
+}
+PRESETS = tuple(_GENERIC)
+
+
+def override_root() -> Path:
+    """Where override files are read from: the installed tt-metal's model_params, else the bundled snapshot."""
+    tt_metal_home = os.environ.get("TT_METAL_HOME")
+    if tt_metal_home:
+        installed = Path(tt_metal_home) / "models" / "tt_transformers" / "model_params"
+        if installed.is_dir():
+            return installed
+    return BUNDLED_MODEL_PARAMS
+
+
+def override_file(model_name: str, preset: str) -> Path | None:
+    """tt-transformers' per-model override file for `preset`, if one exists (`model_name` = HF basename)."""
+    if preset == "defaults":
+        return None
+    path = override_root() / model_name.rstrip("/").rsplit("/", 1)[-1] / f"{preset}_decoder_config.json"
+    return path if path.is_file() else None
+
+
+def model_preset(preset: str, model_name: str, n_layers: int) -> ModelPrecision:
+    """The per-decoder config tt-transformers builds for `preset` on a model of `n_layers` decoders."""
+    if preset not in _GENERIC:
+        raise ConfigError(f"unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
+    if n_layers < 1:
+        raise ConfigError(f"--layers must be >= 1, got {n_layers}")
+    generic = _GENERIC[preset]
+    path = override_file(model_name, preset)
+    if path is None:
+        return ModelPrecision.uniform(generic(model_name), n_layers)
+    parsed = read_decoder_config(path, generic, preset)
+    for finding in parsed.findings(n_layers):
+        if finding.level != "note":
+            warnings.warn(f"{path}: {finding.message}; using {n_layers} decoders", ConfigWarning, 2)
+    # Decoders the file lacks would crash tt-transformers; the file's author meant the model's own preset there.
+    return parsed.fit(n_layers, generic(model_name))
