@@ -1,0 +1,20 @@
+"""Bit-exact emulation of Tenstorrent number formats, packers and FPU matmul fidelity (numerics.md)."""
+
+from tunelab.numerics.device_packing import pack_on_device
+from tunelab.numerics.fidelity import (
+    FIDELITY_PHASES,
+    fidelity_matmul,
+    fidelity_matmul_reference,
+    split_phases,
+)
+from tunelab.numerics.host import FORMATS, quantize
+
+__all__ = [
+    "FIDELITY_PHASES",
+    "FORMATS",
+    "fidelity_matmul",
+    "fidelity_matmul_reference",
+    "pack_on_device",
+    "quantize",
+    "split_phases",
+]
