@@ -119,3 +119,10 @@ def test_bad_preset_arguments():
         model_preset("fast", "model", 4)
     with pytest.raises(ConfigError, match="--layers must be >= 1"):
         model_preset("performance", "model", 0)
+
+
+def test_bf16_preset_is_the_full_precision_ceiling():
+    preset = model_preset("bf16", "SmolLM2-135M-Instruct", 3)
+    assert preset.is_uniform and preset.n_layers == 3
+    assert set(preset[0].precisions.values()) == {Precision.BF16}
+    assert set(preset[0].fidelities.values()) == {MathFidelity.HIFI4_FP32}

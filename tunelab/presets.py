@@ -10,7 +10,7 @@ import re
 
 from tunelab.precision import DecoderPrecision, MathFidelity, OpGroup, Precision, TensorGroup
 
-__all__ = ["base_model_name", "generic_accuracy", "generic_performance", "hard_defaults"]
+__all__ = ["base_model_name", "full_precision", "generic_accuracy", "generic_performance", "hard_defaults"]
 
 _QWEN_7B = {"Qwen2.5-7B", "Qwen2.5-VL-7B"}
 _LARGE_MODELS = {"Llama-3.1-70B", "Llama-3.2-90B", "DeepSeek-R1-Distill-Llama-70B", "Qwen2.5-72B"}
@@ -42,6 +42,13 @@ def base_model_name(model_name: str) -> str:
 def hard_defaults() -> DecoderPrecision:
     """`_default_settings()`: BFP8 weights and KV cache, mixed activations, HiFi2 attention, HiFi2-fp16 MLP."""
     return DecoderPrecision()
+
+
+def full_precision() -> DecoderPrecision:
+    """tunelab's accuracy ceiling: every tensor group BF16 (activations too) and every op at HIFI4_FP32."""
+    return DecoderPrecision().overlay(
+        dict.fromkeys(TensorGroup, Precision.BF16), dict.fromkeys(OpGroup, MathFidelity.HIFI4_FP32)
+    )
 
 
 def generic_performance(model_name: str) -> DecoderPrecision:

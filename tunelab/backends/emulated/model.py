@@ -1,0 +1,162 @@
+"""Emulated tt-transformers model (tt/model.py): embedding, decoders, final norm, LM head.
+
+`teacher_forced` evaluates a window the tt-metal way (prefill P tokens, then D decode positions each fed the true
+token) as one batched pass: the prefill rows run through every decoder with the *_PREFILL op groups, filling each
+layer's quantised KV cache, then all D decode rows run together with the *_DECODE op groups, each attending to the
+cache up to its own position. `teacher_forced_stepwise` runs the decode rows one at a time, as the device does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.backends.emulated.attention import Attention
+from tunelab.backends.emulated.decoder import Decoder
+from tunelab.backends.emulated.kv_cache import KVCache
+from tunelab.backends.emulated.linear import Linear
+from tunelab.backends.emulated.mlp import MLP
+from tunelab.backends.emulated.ops import EmulatorOptions, Mode, linear, rms_norm, store
+from tunelab.backends.emulated.rope import rope_tables
+from tunelab.backends.emulated.weight_cache import DEFAULT_BUDGET_BYTES, WeightCache
+from tunelab.errors import ConfigError
+from tunelab.models.config import ModelConfig
+from tunelab.models.weights import ModelWeights
+from tunelab.numerics import quantize
+from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, OpGroup, TensorGroup
+
+__all__ = ["EmulatedModel"]
+
+# The LM head is not governed by the decoder configs: HiFi2 with a bf16 Dst, `lm_head_format` weights and logits.
+LM_HEAD_KERNEL = MathFidelity.HIFI2_FP16.kernel
+
+
+class EmulatedModel:
+    """A checkpoint whose forward pass emulates tt-transformers for any per-decoder `ModelPrecision`."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: ModelWeights,
+        rotary_emb: torch.nn.Module,
+        options: EmulatorOptions | None = None,
+        device: str | torch.device = "cpu",
+        cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        self.config = config
+        self.options = options or EmulatorOptions()
+        self.device = torch.device(device)
+        self.weights = weights
+        self.cache = WeightCache(weights, cache_budget_bytes, self.device)
+        self.rotary_emb = rotary_emb
+        self.embedding = quantize(weights.embedding.to(self.device), "bf16")
+        self.norm = quantize(weights.norm.to(self.device), "bf16")
+        self.lm_head = quantize(weights.lm_head.to(self.device), self.options.lm_head_format)
+
+    def decoders(self, precision: ModelPrecision) -> list[Decoder]:
+        """The decoder layers configured by `precision` (weights come from the quantisation cache)."""
+        if precision.n_layers != self.config.n_layers:
+            raise ConfigError(
+                f"the config has {precision.n_layers} decoders but {self.config.name} has {self.config.n_layers} layers"
+            )
+        return [self._decoder(layer, decoder) for layer, decoder in enumerate(precision)]
+
+    def teacher_forced(
+        self, tokens: torch.Tensor, prefill_len: int, precision: ModelPrecision
+    ) -> torch.Tensor:
+        """Logits [D, vocab] of the D = len(tokens) - prefill_len decode positions, in one batched decode pass."""
+        decoders, caches, rope = self._setup(tokens, prefill_len, precision)
+        self._run(decoders, caches, rope, tokens[:prefill_len], "prefill", 0)
+        return self._logits(self._run(decoders, caches, rope, tokens[prefill_len:], "decode", prefill_len))
+
+    def teacher_forced_stepwise(
+        self, tokens: torch.Tensor, prefill_len: int, precision: ModelPrecision
+    ) -> torch.Tensor:
+        """Same as `teacher_forced`, decoding one position at a time (slow; the device's own order)."""
+        decoders, caches, rope = self._setup(tokens, prefill_len, precision)
+        self._run(decoders, caches, rope, tokens[:prefill_len], "prefill", 0)
+        steps = [
+            self._logits(self._run(decoders, caches, rope, tokens[pos : pos + 1], "decode", pos))
+            for pos in range(prefill_len, len(tokens))
+        ]
+        return torch.cat(steps)
+
+    def _setup(
+        self, tokens: torch.Tensor, prefill_len: int, precision: ModelPrecision
+    ) -> tuple[list[Decoder], list[KVCache], tuple[torch.Tensor, torch.Tensor]]:
+        if not 0 < prefill_len < len(tokens):
+            raise ValueError(f"prefill_len must be in 1..{len(tokens) - 1}, got {prefill_len}")
+        c = self.config
+        decoders = self.decoders(precision)
+        caches = [
+            KVCache(
+                c.n_kv_heads, c.head_dim, len(tokens), d.precision(TensorGroup.KV_CACHE).value, self.device
+            )
+            for d in precision
+        ]
+        cos, sin = rope_tables(self.rotary_emb, len(tokens), c.head_dim)
+        return decoders, caches, (cos.to(self.device), sin.to(self.device))
+
+    @torch.no_grad()
+    def _run(
+        self,
+        decoders: list[Decoder],
+        caches: list[KVCache],
+        rope: tuple[torch.Tensor, torch.Tensor],
+        tokens: torch.Tensor,
+        mode: Mode,
+        start: int,
+    ) -> torch.Tensor:
+        x = self.embedding[tokens.to(self.device)]
+        for decoder, cache in zip(decoders, caches, strict=True):
+            x = decoder(x, mode, start, cache, rope)
+        return x
+
+    @torch.no_grad()
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = rms_norm(x, self.norm, self.config.norm_eps)
+        logits = linear(h, self.lm_head, LM_HEAD_KERNEL, self.options.accumulation)
+        return store(logits, self.options.lm_head_format)
+
+    def _decoder(self, layer: int, decoder: DecoderPrecision) -> Decoder:
+        w, c, accumulation = self.weights.layers[layer], self.config, self.options.accumulation
+
+        def weight(name: str, group: TensorGroup) -> torch.Tensor:
+            return self.cache.get(layer, name, decoder.precision(group).value)
+
+        def kernels(prefill: OpGroup, decode: OpGroup) -> tuple:
+            return decoder.fidelity(prefill).kernel, decoder.fidelity(decode).kernel
+
+        def bf16(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else quantize(tensor.to(self.device), "bf16")
+
+        ff1_3 = kernels(OpGroup.LI_FF1_FF3, OpGroup.LI_FF1_FF3)
+        attention = Attention(
+            config=c,
+            options=self.options,
+            wqkv=Linear(
+                weight("wqkv", TensorGroup.WQKV),
+                *kernels(OpGroup.LI_QKV_PREFILL, OpGroup.LI_QKV_DECODE),
+                accumulation,
+            ),
+            wo=Linear(
+                weight("wo", TensorGroup.WO),
+                *kernels(OpGroup.LI_O_PREFILL, OpGroup.LI_O_DECODE),
+                accumulation,
+            ),
+            sdpa_prefill=decoder.fidelity(OpGroup.SDPA_PREFILL).kernel,
+            sdpa_decode=decoder.fidelity(OpGroup.SDPA_DECODE).kernel,
+            activation=decoder.activation,
+            bqkv=bf16(w.bqkv),
+            q_norm=bf16(w.q_norm),
+            k_norm=bf16(w.k_norm),
+        )
+        mlp = MLP(
+            options=self.options,
+            w1=Linear(weight("w1", TensorGroup.FF1_FF3), *ff1_3, accumulation),
+            w3=Linear(weight("w3", TensorGroup.FF1_FF3), *ff1_3, accumulation),
+            w2=Linear(weight("w2", TensorGroup.FF2), *kernels(OpGroup.LI_FF2, OpGroup.LI_FF2), accumulation),
+            activation=decoder.activation,
+        )
+        return Decoder(
+            bf16(w.attention_norm), bf16(w.ffn_norm), c.norm_eps, attention, mlp, decoder.activation
+        )

@@ -1,0 +1,92 @@
+"""The shape and architecture facts of a decoder-only model, read from its HF config (config.json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+__all__ = ["SUPPORTED_ARCHITECTURES", "ModelConfig", "UnsupportedArchitecture"]
+
+# architectures[0] -> (q/k/v bias, q/k RMSNorm, fused qkv_proj + gate_up_proj in the checkpoint)
+_ARCHITECTURES: dict[str, tuple[bool, bool, bool]] = {
+    "LlamaForCausalLM": (False, False, False),
+    "MistralForCausalLM": (False, False, False),
+    "Qwen2ForCausalLM": (True, False, False),
+    "Qwen3ForCausalLM": (False, True, False),
+    "Phi3ForCausalLM": (False, False, True),
+}
+SUPPORTED_ARCHITECTURES = tuple(_ARCHITECTURES)
+
+
+class UnsupportedArchitecture(TunelabError):
+    """The checkpoint's architecture is not one tunelab emulates."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the emulator, the reference and the throughput model need to know about a model."""
+
+    name: str  # tt-transformers' model_name: the HF repo basename, e.g. "Llama-3.1-8B-Instruct"
+    architecture: str
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    vocab_size: int
+    norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    qk_norm: bool
+    fused_checkpoint: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_hf(cls, hf_config: Any, name: str) -> ModelConfig:
+        """From a transformers PretrainedConfig or a config.json dict; unsupported architectures raise one line."""
+        get = (
+            hf_config.get
+            if isinstance(hf_config, dict)
+            else lambda key, default=None: getattr(hf_config, key, default)
+        )
+        architecture = (get("architectures") or ["<none>"])[0]
+        if architecture not in _ARCHITECTURES:
+            raise UnsupportedArchitecture(
+                f"{name}: unsupported architecture {architecture} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        qkv_bias, qk_norm, fused = _ARCHITECTURES[architecture]
+        n_heads = get("num_attention_heads")
+        # transformers 5 keeps rope_theta inside rope_parameters; 4.x and older config.json files have it top-level
+        rope = get("rope_parameters") or get("rope_scaling") or {}
+        rope_theta = get("rope_theta") or rope.get("rope_theta") or 10000.0
+        dim = get("hidden_size")
+        return cls(
+            name=name,
+            architecture=architecture,
+            dim=dim,
+            n_layers=get("num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=get("num_key_value_heads") or n_heads,
+            head_dim=get("head_dim") or dim // n_heads,
+            hidden_dim=get("intermediate_size"),
+            vocab_size=get("vocab_size"),
+            norm_eps=get("rms_norm_eps"),
+            rope_theta=float(rope_theta),
+            tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+            qk_norm=qk_norm,
+            fused_checkpoint=fused,
+            max_position_embeddings=get("max_position_embeddings"),
+        )
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
