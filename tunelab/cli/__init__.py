@@ -7,7 +7,7 @@ import warnings
 
 import typer
 
-from tunelab.cli import config
+from tunelab.cli import config, perf
 from tunelab.errors import ConfigWarning, TunelabError
 
 __all__ = ["app", "main"]
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config.app, name="config")
+app.add_typer(perf.app, name="perf")
 
 
 def main() -> None:

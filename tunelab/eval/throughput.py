@@ -1,0 +1,316 @@
+"""The decode/prefill performance model: tokens/s/user and time to first token from shapes, config and device.
+
+Decode, per token (tensor parallel over the device's D chips; each decoder's own formats and fidelities):
+
+    t = Σ_decoders [ Σ_matmuls max(bytes/D / BW, elems/D / unpack, 2·rows·elems/D / peak(phases))
+                     + max(KV bytes / BW, SDPA flops / peak) + ops·t_op + n_ccl·t_collective ]
+        + LM head (bfp8, same roofline) + embedding row reads + t_host
+
+with BW = spec DRAM bandwidth x microbenchmark fraction x `dram_efficiency`, rows = 32·ceil(batch/32) (a decode
+batch of 32 or fewer costs a full tile), peak(phases) = cores·4096/phases·clock, and a collective over n chips
+costing (n-1)·t_step + (n-1)/n·bytes / (links·link BW·`eth_efficiency`) (+ `ccl_2d_us` on a 2D mesh).
+Prefill (TTFT) is the same sum over S prompt tokens with compute at `prefill_efficiency` of peak (compute-bound,
+so fidelity-dependent), causal SDPA flops 2·S²·q_dim/D, weights re-read per prefill chunk, and per-op
+`prefill_op_us`. The free parameters are fitted by `tunelab perf calibrate` (`tunelab.eval.perf_calibration`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from tunelab.errors import TunelabError
+from tunelab.eval.devices import Device
+from tunelab.eval.support import check_supported, max_prefill_chunk, padded_hidden_dim
+from tunelab.models.config import ModelConfig
+from tunelab.precision import ModelPrecision, OpGroup, Precision, TensorGroup
+
+__all__ = [
+    "PARAMS_FILE",
+    "DoesNotFit",
+    "PerfParams",
+    "Throughput",
+    "decode_breakdown",
+    "load_params",
+    "memory_per_chip",
+    "predict",
+    "prefill_breakdown",
+]
+
+PARAMS_FILE = Path(__file__).parent / "data" / "perf_params.json"
+
+TILE = 32
+DECODE_OPS = 17  # per decoder: 2 norms, QKV, heads, RoPE, cache update, SDPA, concat, WO, w1, w3, mul, w2, 2 adds, 2 casts
+LM_HEAD = Precision.BFP8  # tt_dataflow.md section 8: base ModelArgs never sets lm_head_dtype
+EMBEDDING_BYTES = 2.0  # bf16, row-major
+ACTIVATION_BYTES = 2.0  # bf16 payload of collectives
+# (tensor group, decode op group, prefill op group) of each decoder matmul.
+MATMULS = (
+    (TensorGroup.WQKV, OpGroup.LI_QKV_DECODE, OpGroup.LI_QKV_PREFILL),
+    (TensorGroup.WO, OpGroup.LI_O_DECODE, OpGroup.LI_O_PREFILL),
+    (TensorGroup.FF1_FF3, OpGroup.LI_FF1_FF3, OpGroup.LI_FF1_FF3),
+    (TensorGroup.FF2, OpGroup.LI_FF2, OpGroup.LI_FF2),
+)
+LM_HEAD_PHASES = 2  # HiFi2
+
+
+class DoesNotFit(TunelabError):
+    """Weights plus KV cache exceed a chip's DRAM."""
+
+
+@dataclass(frozen=True)
+class PerfParams:
+    """Free parameters of the model, fitted on tt-transformers' PERF.md numbers (`tunelab perf calibrate`)."""
+
+    dram_efficiency: float  # fraction of the DRAM microbenchmark bandwidth decode matmuls reach
+    unpack_per_cycle: float  # weight elements a core consumes per cycle (binds only for bfp4)
+    host_ms: float  # per token: host round trip, sampling, LM-head/embedding dispatch
+    op_us: float  # per decode op beyond its roofline: dispatch gap and small ops
+    eth_efficiency: float  # fraction of raw Ethernet link bandwidth collectives reach
+    ccl_step_us: float  # latency of one step of a line/ring collective
+    ccl_2d_us: float  # extra latency of a collective on a 2D mesh (Galaxy)
+    prefill_efficiency: float  # fraction of peak FPU rate prefill matmuls reach
+    prefill_op_us: float  # per prefill op beyond its roofline
+    prefill_ccl_step_us: float  # exposed latency of one step of a prefill collective
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Decode speed and TTFT of one (model, config, device, batch, seq_len); `kind` says modelled or measured."""
+
+    tok_s_u: float
+    ttft_ms: float | None
+    kind: Literal["modelled", "measured"]
+    model: str
+    device: str
+    batch: int
+    seq_len: int
+    breakdown_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@cache
+def _packaged_params() -> PerfParams:
+    return load_params(PARAMS_FILE)
+
+
+def load_params(path: str | Path | None = None) -> PerfParams:
+    """Fitted parameters from a params JSON (default: the packaged fit)."""
+    if path is None:
+        return _packaged_params()
+    try:
+        data = json.loads(Path(path).read_text())
+        return PerfParams(**data["params"])
+    except FileNotFoundError:
+        raise TunelabError(f"{path}: no fitted parameters; run `tunelab perf calibrate`") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TunelabError(f"{path}: malformed parameters file: {exc}") from None
+
+
+def predict(
+    model: ModelConfig,
+    precision: ModelPrecision,
+    device: Device,
+    batch: int = 1,
+    seq_len: int = 512,
+    context_len: int | None = None,
+    params: PerfParams | None = None,
+) -> Throughput:
+    """Modelled decode tok/s/user at `context_len` tokens of context (default `seq_len`) and TTFT for a prompt of
+    `seq_len` tokens. Raises `Unsupported` / `DoesNotFit` where tt-transformers would refuse the run."""
+    if precision.n_layers != model.n_layers:
+        raise TunelabError(f"config has {precision.n_layers} decoders but {model.name} has {model.n_layers}")
+    if batch < 1 or seq_len < 1:
+        raise TunelabError(f"batch and seq_len must be >= 1, got {batch} and {seq_len}")
+    context_len = seq_len if context_len is None else context_len
+    check_supported(model, device)
+    tokens = max(seq_len, context_len)
+    weights, kv = memory_per_chip(model, precision, device, batch, tokens)
+    if weights + kv > device.dram_bytes_per_chip:
+        raise DoesNotFit(
+            f"{model.name} does not fit on {device.name}: it needs {(weights + kv) / 1e9:.1f} GB per chip "
+            f"(weights {weights / 1e9:.1f} GB, KV cache {kv / 1e9:.1f} GB for {batch} x {tokens} tokens), "
+            f"more than its {device.dram_bytes_per_chip / 1e9:.1f} GB"
+        )
+    params = params or load_params()
+    decode = decode_breakdown(model, precision, device, params, batch, context_len)
+    prefill = prefill_breakdown(model, precision, device, params, seq_len)
+    return Throughput(
+        tok_s_u=1e3 / sum(decode.values()),
+        ttft_ms=sum(prefill.values()),
+        kind="modelled",
+        model=model.name,
+        device=device.name,
+        batch=batch,
+        seq_len=seq_len,
+        breakdown_ms={k: round(v, 4) for k, v in decode.items()},
+    )
+
+
+def decode_breakdown(
+    model: ModelConfig,
+    precision: ModelPrecision,
+    device: Device,
+    params: PerfParams,
+    batch: int,
+    context_len: int,
+) -> dict[str, float]:
+    """Milliseconds per decode step by term: weights, kv_cache, lm_head, embedding, ops, ccl, host."""
+    roof = _Roofline(device, params)
+    shards = _shards(model, device)
+    rows = TILE * math.ceil(batch / TILE)
+    weights = kv = 0.0
+    for decoder, count in Counter(precision).items():
+        for group, op, _ in MATMULS:
+            elems = shards.elements[group]
+            fmt = decoder.precision(group)
+            weights += count * roof.matmul(elems, fmt, 2 * rows * elems, decoder.fidelity(op).kernel.phases)
+        kv_bytes = batch * context_len * 2 * shards.kv_dim * decoder.kv_cache.bytes_per_element
+        sdpa_flops = 4 * batch * shards.q_dim * context_len
+        sdpa = roof.compute(sdpa_flops, decoder.sdpa_decode.kernel.phases)
+        kv += count * max(kv_bytes / roof.bandwidth, sdpa)
+    lm_head = roof.matmul(shards.lm_head, LM_HEAD, 2 * rows * shards.lm_head, LM_HEAD_PHASES)
+    embedding = batch * model.dim / device.chips * EMBEDDING_BYTES / roof.bandwidth
+    ops = model.n_layers * _ops_per_decoder(model) * params.op_us * 1e-6
+    payload = rows * model.dim * ACTIVATION_BYTES
+    ccl = model.n_layers * _collectives_per_decoder(model, device, payload, params.ccl_step_us, params)
+    return {
+        "weights": weights * 1e3,
+        "kv_cache": kv * 1e3,
+        "lm_head": lm_head * 1e3,
+        "embedding": embedding * 1e3,
+        "ops": ops * 1e3,
+        "ccl": ccl * 1e3,
+        "host": params.host_ms,
+    }
+
+
+def prefill_breakdown(
+    model: ModelConfig, precision: ModelPrecision, device: Device, params: PerfParams, seq_len: int
+) -> dict[str, float]:
+    """Milliseconds to the first token of a `seq_len`-token prompt by term: matmuls, sdpa, lm_head, ops, ccl, host."""
+    roof = _Roofline(device, params)
+    shards = _shards(model, device)
+    tokens = TILE * 4 * math.ceil(seq_len / (TILE * 4))  # tt-transformers prefills multiples of 128 tokens
+    chunk = min(tokens, max_prefill_chunk(model.name, device) or tokens)
+    chunks = tokens / chunk
+    matmuls = sdpa = 0.0
+    for decoder, count in Counter(precision).items():
+        for group, _, op in MATMULS:
+            elems = shards.elements[group]
+            flops = 2 * chunk * elems
+            phases = decoder.fidelity(op).kernel.phases
+            matmuls += count * chunks * roof.matmul(elems, decoder.precision(group), flops, phases, True)
+        flops = 2 * tokens * tokens * shards.q_dim
+        sdpa += count * roof.compute(flops, decoder.sdpa_prefill.kernel.phases) / params.prefill_efficiency
+    lm_head = roof.matmul(shards.lm_head, LM_HEAD, 2 * TILE * shards.lm_head, LM_HEAD_PHASES)
+    ops = model.n_layers * chunks * _ops_per_decoder(model) * params.prefill_op_us * 1e-6
+    # Prefill collectives are asynchronous: their transfers overlap the matmuls, only step latency shows.
+    ccl_per_decoder = _collectives_per_decoder(model, device, 0.0, params.prefill_ccl_step_us, params)
+    ccl = model.n_layers * chunks * ccl_per_decoder
+    return {
+        "matmuls": matmuls * 1e3,
+        "sdpa": sdpa * 1e3,
+        "lm_head": lm_head * 1e3,
+        "ops": ops * 1e3,
+        "ccl": ccl * 1e3,
+        "host": params.host_ms,
+    }
+
+
+def memory_per_chip(
+    model: ModelConfig, precision: ModelPrecision, device: Device, batch: int, seq_len: int
+) -> tuple[float, float]:
+    """(weights, KV cache) DRAM bytes per chip; weights include the LM head and the embedding table."""
+    shards = _shards(model, device)
+    weights = sum(
+        shards.elements[group] * decoder.precision(group).bytes_per_element
+        for decoder in precision
+        for group, _, _ in MATMULS
+    )
+    weights += shards.lm_head * LM_HEAD.bytes_per_element
+    weights += model.vocab_size * model.dim / device.chips * EMBEDDING_BYTES
+    kv = sum(batch * seq_len * 2 * shards.kv_dim * d.kv_cache.bytes_per_element for d in precision)
+    return weights, kv
+
+
+class _Roofline:
+    """Per-chip time of a weight matmul: DRAM read, block-float unpack, or FPU compute, whichever is longest."""
+
+    def __init__(self, device: Device, params: PerfParams):
+        self.device = device
+        self.params = params
+        self.bandwidth = device.dram_gbs_per_chip * 1e9 * device.dram_ubench_fraction * params.dram_efficiency
+        self.unpack_rate = device.cores * device.clock_ghz * 1e9 * params.unpack_per_cycle
+
+    def compute(self, flops: float, phases: int) -> float:
+        return flops / self.device.peak_flops(phases)
+
+    def matmul(self, elems: float, fmt: Precision, flops: float, phases: int, prefill: bool = False) -> float:
+        compute = self.compute(flops, phases)
+        if prefill:
+            compute /= self.params.prefill_efficiency
+        return max(elems * fmt.bytes_per_element / self.bandwidth, elems / self.unpack_rate, compute)
+
+
+@dataclass(frozen=True)
+class _Shards:
+    """Per-chip element counts under tensor parallelism (heads, MLP columns and vocab split over all chips)."""
+
+    elements: dict[TensorGroup, float]
+    lm_head: float
+    q_dim: float
+    kv_dim: float  # KV heads are split over chips, and replicated where there are fewer heads than chips
+
+
+def _shards(model: ModelConfig, device: Device) -> _Shards:
+    chips = device.chips
+    hidden = padded_hidden_dim(model, device)
+    vocab = TILE * chips * math.ceil(model.vocab_size / (TILE * chips))
+    return _Shards(
+        elements={
+            TensorGroup.WQKV: model.dim * (model.q_dim + 2 * model.kv_dim) / chips,
+            TensorGroup.WO: model.q_dim * model.dim / chips,
+            TensorGroup.FF1_FF3: 2 * model.dim * hidden / chips,
+            TensorGroup.FF2: hidden * model.dim / chips,
+        },
+        lm_head=model.dim * vocab / chips,
+        q_dim=model.q_dim / chips,
+        kv_dim=math.ceil(model.n_kv_heads / chips) * model.head_dim,
+    )
+
+
+def _ops_per_decoder(model: ModelConfig) -> int:
+    return DECODE_OPS + int(model.qkv_bias) + 2 * int(model.qk_norm)
+
+
+def _collectives_per_decoder(
+    model: ModelConfig, device: Device, payload: float, step_us: float, params: PerfParams
+) -> float:
+    """Seconds of collectives per decoder for an activation of `payload` bytes.
+
+    A line/ring (1xN) runs 4 per decoder (attention all-gather and reduce-scatter, norm all-gather, MLP
+    reduce-scatter); on an 8-chip ring tt-transformers fuses the WO all-gather into its matmul when
+    dim/32/D is a multiple of D (`use_fused_all_gather_matmul`; the condition is recalled from model_config.py,
+    not in the shared references). A 2D mesh all-reduces along both axes (4 each).
+    """
+    if device.chips == 1:
+        return 0.0
+    link = max(device.eth_links, 1) * device.eth_link_gbs * 1e9 * params.eth_efficiency
+
+    def collective(n: int, extra_us: float = 0.0) -> float:
+        return (extra_us + (n - 1) * step_us) * 1e-6 + (n - 1) / n * payload / link
+
+    if device.is_2d:
+        rows, cols = device.mesh
+        return 4 * (collective(rows, params.ccl_2d_us) + collective(cols, params.ccl_2d_us))
+    n = device.chips
+    fused = n == 8 and (model.dim // TILE // n) % n == 0
+    return (3 if fused else 4) * collective(n)
