@@ -62,6 +62,7 @@ class ModelConfig:
         n_heads = get("num_attention_heads")
         # transformers 5 keeps rope_theta inside rope_parameters; 4.x and older config.json files have it top-level
         rope = get("rope_parameters") or get("rope_scaling") or {}
+        rope = rope if isinstance(rope, dict) else {}
         rope_theta = get("rope_theta") or rope.get("rope_theta") or 10000.0
         dim = get("hidden_size")
         return cls(
