@@ -7,7 +7,8 @@ import warnings
 
 import typer
 
-from tunelab.cli import config, perf
+from tunelab.cli import config, perf, reference, run
+from tunelab.cli import eval as eval_
 from tunelab.errors import ConfigWarning, TunelabError
 
 __all__ = ["app", "main"]
@@ -19,6 +20,9 @@ app = typer.Typer(
 )
 app.add_typer(config.app, name="config")
 app.add_typer(perf.app, name="perf")
+app.command("run")(run.run)
+app.add_typer(reference.app, name="reference")
+app.command("eval")(eval_.eval_command)
 
 
 def main() -> None:

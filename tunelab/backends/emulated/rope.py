@@ -15,8 +15,9 @@ def rope_tables(
     rotary_emb: torch.nn.Module, n_positions: int, head_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) [n_positions, head_dim] with cos[:, 2i] == cos[:, 2i+1] == cos(pos * inv_freq[i]) * scaling."""
-    positions = torch.arange(n_positions)[None]
-    probe = torch.zeros(1, n_positions, head_dim)
+    device = next(rotary_emb.buffers()).device
+    positions = torch.arange(n_positions, device=device)[None]
+    probe = torch.zeros(1, n_positions, head_dim, device=device)
     with torch.no_grad():
         cos, sin = rotary_emb(probe, positions)  # HF layout: [1, S, head_dim] = cat(freqs, freqs)
     half = head_dim // 2

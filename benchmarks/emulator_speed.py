@@ -1,0 +1,139 @@
+"""Emulator speed and memory, measured side by side in one run.
+
+CPU: SmolLM2-135M teacher-forced 512 + 511 (performance preset, fast and exact accumulation) against a plain
+transformers fp32 forward of the same 1024 tokens. CUDA (when present): a random-weight Llama-3.1-8B-shaped model,
+the same protocol, against transformers' bf16 forward.
+
+    python benchmarks/emulator_speed.py [--skip-cpu] [--skip-cuda] [--layers N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+from tunelab.model_presets import model_preset
+from tunelab.models import ModelConfig, hf_to_canonical
+
+WINDOW, PREFILL = 1024, 512
+TARGETS = {"cpu fast": 1.5, "cpu exact": 3.0, "cuda exact": 3.0}
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "tunelab" / "eval" / "data" / "model_configs.json"
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time in seconds of `fn` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(label: str, seconds: float, baseline: float) -> None:
+    ratio = seconds / baseline
+    target = TARGETS.get(label)
+    verdict = "" if target is None else f"  (target <= {target}: {'met' if ratio <= target else 'NOT met'})"
+    print(f"  {label:<12} {seconds * 1000:10.1f} ms  {ratio:6.2f} x plain{verdict}")
+
+
+def emulated_runs(
+    config: ModelConfig, weights, rotary_emb: torch.nn.Module, device: torch.device, tokens, repeats: int
+) -> dict[str, float]:
+    # Room for every quantised weight, so the timings measure forwards, not re-quantisation after evictions.
+    """Median seconds of the performance preset's teacher-forced window, per accumulation mode."""
+    precision = model_preset("performance", config.name, config.n_layers)
+    times = {}
+    for accumulation in ("fast", "exact"):
+        emulator = EmulatedModel(
+            config,
+            weights,
+            rotary_emb,
+            EmulatorOptions(accumulation),
+            device,
+            cache_budget_bytes=96 * 1024**3,
+        )
+        times[accumulation] = timed(
+            lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision), repeats, device
+        )
+    return times
+
+
+def cpu_benchmark(layers: int | None, repeats: int) -> None:
+    from tunelab.models import load_model
+
+    loaded = load_model("smollm2-135m", n_layers=layers)
+    tokens = torch.randint(0, loaded.config.vocab_size, (WINDOW,), generator=torch.Generator().manual_seed(0))
+    device = torch.device("cpu")
+    with torch.no_grad():
+        plain = timed(lambda: loaded.hf_model(tokens[None]), repeats, device)
+    times = emulated_runs(
+        loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, device, tokens, repeats
+    )
+    print(f"CPU ({torch.get_num_threads()} threads), {loaded.config.name}, {loaded.config.n_layers} layers")
+    print(f"  {'plain fp32':<12} {plain * 1000:10.1f} ms")
+    report("cpu fast", times["fast"], plain)
+    report("cpu exact", times["exact"], plain)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"  peak RSS {peak_gb:.2f} GB (target <= 3 GB: {'met' if peak_gb <= 3 else 'NOT met'})")
+
+
+def cuda_benchmark(layers: int | None, repeats: int) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    facts = json.loads(MODEL_CONFIGS.read_text())["meta-llama/Llama-3.1-8B"]
+    fields = {
+        k: v for k, v in facts.items() if not k.startswith("_") and k not in ("torch_dtype", "architectures")
+    }
+    if layers:
+        fields["num_hidden_layers"] = layers
+    hf_config = LlamaConfig(**fields, architectures=["LlamaForCausalLM"])
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = LlamaForCausalLM(hf_config).to(torch.bfloat16).eval()
+    config = ModelConfig.from_hf(hf_config, "Llama-3.1-8B-Instruct")
+    weights = hf_to_canonical(hf.state_dict(), config)
+    tokens = torch.randint(0, config.vocab_size, (WINDOW,), device=device)
+    with torch.no_grad():
+        plain = timed(lambda: hf(tokens[None]), repeats, device)
+    times = emulated_runs(config, weights, hf.model.rotary_emb, device, tokens.cpu(), repeats)
+    print(
+        f"CUDA ({torch.cuda.get_device_name()}), Llama-3.1-8B shape, {config.n_layers} layers, random weights"
+    )
+    print(f"  {'plain bf16':<12} {plain * 1000:10.1f} ms")
+    report("cuda fast", times["fast"], plain)
+    report("cuda exact", times["exact"], plain)
+    print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 1024**3:.1f} GB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--skip-cuda", action="store_true")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="keep only the first N decoders (quick checks)"
+    )
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if not args.skip_cpu:
+        cpu_benchmark(args.layers, args.repeats)
+    if not args.skip_cuda and torch.cuda.is_available():
+        cuda_benchmark(args.layers, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The emulated tt-transformers model against transformers, per architecture, and its own invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+from tunelab.errors import ConfigError
+from tunelab.model_presets import model_preset
+from tunelab.models import ModelConfig, hf_to_canonical
+from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, Precision
+
+TINY = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    initializer_range=0.05,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=2,
+)
+ARCHITECTURES = {
+    "LlamaForCausalLM": (LlamaConfig, {}),
+    "Qwen2ForCausalLM": (Qwen2Config, {}),
+    "Qwen3ForCausalLM": (Qwen3Config, {"head_dim": 32}),
+    "MistralForCausalLM": (MistralConfig, {}),
+    "Phi3ForCausalLM": (Phi3Config, {}),
+}
+# An all-BF16 / HIFI4_FP32 emulation stays within this fraction of the largest |logit| of the fp32 forward
+# (measured: 1.0-1.9% after two bf16 layers and the bfp8 LM head). Argmax must agree wherever the fp32 top-1 leads
+# the runner-up by more than twice that, i.e. wherever the reference itself is not ambiguous at this tolerance.
+LOGIT_TOLERANCE = 0.025
+
+
+def tiny_model(architecture: str, seed: int = 0) -> tuple[torch.nn.Module, ModelConfig]:
+    config_class, extra = ARCHITECTURES[architecture]
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(config_class(architectures=[architecture], **TINY, **extra)).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
+        for name, parameter in hf.named_parameters():
+            if "norm" in name or "bias" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return hf, ModelConfig.from_hf(hf.config, "tiny")
+
+
+def emulator(hf, config, **options) -> EmulatedModel:
+    return EmulatedModel(
+        config, hf_to_canonical(hf.state_dict(), config), hf.model.rotary_emb, EmulatorOptions(**options)
+    )
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_full_precision_matches_transformers_fp32(architecture):
+    hf, config = tiny_model(architecture)
+    tokens = torch.randint(0, TINY["vocab_size"], (256,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = hf(tokens[None]).logits[0, 128:]
+    logits = emulator(hf, config).teacher_forced(tokens, 128, model_preset("bf16", "tiny", 2))
+    tolerance = LOGIT_TOLERANCE * reference.abs().max()
+    assert (logits - reference).abs().max() <= tolerance
+    top2 = reference.topk(2).values
+    decisive = (top2[:, 0] - top2[:, 1]) > 2 * tolerance
+    assert decisive.float().mean() >= 0.3
+    agreement = (logits.argmax(-1) == reference.argmax(-1))[decisive].float().mean()
+    assert agreement >= 0.999
+
+
+@pytest.mark.parametrize("accumulation", ["fast", "exact"])
+def test_batched_decode_equals_stepwise_decode(accumulation):
+    hf, config = tiny_model("Qwen2ForCausalLM")
+    tokens = torch.randint(0, TINY["vocab_size"], (80,), generator=torch.Generator().manual_seed(2))
+    model = emulator(hf, config, accumulation=accumulation)
+    mixed = model_preset("performance", "tiny", 2).with_decoder(
+        1, DecoderPrecision(kv_cache=Precision.BFP4, activation=Precision.BFP8, sdpa_decode=MathFidelity.LOFI)
+    )
+    batched = model.teacher_forced(tokens, 48, mixed)
+    stepwise = model.teacher_forced_stepwise(tokens, 48, mixed)
+    assert batched.shape == (32, TINY["vocab_size"])
+    assert torch.equal(batched, stepwise)
+
+
+def test_lower_precision_moves_logits_further():
+    hf, config = tiny_model("LlamaForCausalLM")
+    tokens = torch.randint(0, TINY["vocab_size"], (160,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = hf(tokens[None]).logits[0, 96:]
+    model = emulator(hf, config)
+
+    def error(weights: Precision, fidelity: MathFidelity) -> float:
+        groups = dict.fromkeys(("ff1_ff3", "ff2", "wqkv", "wo", "kv_cache"), weights)
+        ops = dict.fromkeys(
+            ("li_ff1_ff3", "li_ff2", "li_qkv_decode", "li_o_decode", "li_qkv_prefill"), fidelity
+        )
+        config_ = ModelPrecision.uniform(DecoderPrecision(**groups, **ops), 2)
+        return (model.teacher_forced(tokens, 96, config_) - reference).pow(2).mean().item()
+
+    bf16, bfp8, bfp4 = (
+        error(Precision.BF16, MathFidelity.HIFI4),
+        error(Precision.BFP8, MathFidelity.HIFI2),
+        error(Precision.BFP4, MathFidelity.LOFI),
+    )
+    assert bf16 < bfp8 < bfp4
+
+
+def test_exact_accumulation_differs_from_fast_only_where_dst_is_bf16():
+    hf, config = tiny_model("LlamaForCausalLM")
+    tokens = torch.randint(0, TINY["vocab_size"], (96,), generator=torch.Generator().manual_seed(4))
+    fast, exact = emulator(hf, config), emulator(hf, config, accumulation="exact")
+    fp32_everywhere = model_preset("bf16", "tiny", 2)
+    bf16_dst = model_preset("performance", "tiny", 2)  # LOFI and HIFI2_FP16 MLP: bf16 Dst
+    assert not torch.equal(
+        fast.teacher_forced(tokens, 64, bf16_dst), exact.teacher_forced(tokens, 64, bf16_dst)
+    )
+    # Only the LM head (HiFi2, bf16 Dst) differs between modes when every decoder op accumulates in fp32.
+    fast_h, exact_h = (m.teacher_forced(tokens, 64, fp32_everywhere) for m in (fast, exact))
+    assert (fast_h - exact_h).abs().max() < 0.05 * fast_h.abs().max()
+
+
+def test_changing_one_decoder_requantises_only_its_changed_groups():
+    hf, config = tiny_model("LlamaForCausalLM")
+    model = emulator(hf, config)
+    base = model_preset("defaults", "tiny", 2)
+    model.decoders(base)
+    assert model.cache.conversions == 10  # 2 decoders x (wqkv, wo, w1, w3, w2)
+    model.decoders(base.with_decoder(1, DecoderPrecision(li_ff2=MathFidelity.LOFI)))  # fidelity only
+    assert model.cache.conversions == 10
+    model.decoders(base.with_decoder(1, DecoderPrecision(ff2=Precision.BFP4)))
+    assert model.cache.conversions == 11
+
+
+def test_decoder_count_must_match_the_model():
+    hf, config = tiny_model("LlamaForCausalLM")
+    with pytest.raises(ConfigError, match="the config has 3 decoders but tiny has 2 layers"):
+        emulator(hf, config).teacher_forced(torch.arange(10), 5, model_preset("performance", "tiny", 3))

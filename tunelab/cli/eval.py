@@ -1,0 +1,175 @@
+"""`tunelab eval`: teacher-forced accuracy of a precision config on the emulator against the cached reference."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.cli import reference as ref_cli
+from tunelab.cli.config import OptimizationsOpt, PresetOpt, load_config
+from tunelab.errors import TunelabError
+from tunelab.eval.corpus import WindowSpec
+from tunelab.eval.reference import DEFAULT_TOP_K, ReferenceError, ReferenceStore
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A decoder_config JSON file.")]
+
+
+def eval_command(
+    model: ref_cli.ModelOpt = "smollm2-135m",
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    optimizations: OptimizationsOpt = None,
+    accumulation: Annotated[str, typer.Option(help="bf16-Dst accumulation: fast or exact.")] = "fast",
+    device: ref_cli.DeviceOpt = "cpu",
+    lm_head: Annotated[
+        str,
+        typer.Option(
+            help="LM head weights and logits format (tt-transformers' lm_head_dtype): bfp8 or bf16."
+        ),
+    ] = "bfp8",
+    windows: ref_cli.WindowsOpt = None,
+    corpus: ref_cli.CorpusOpt = "default",
+    window_len: ref_cli.WindowLenOpt = 1024,
+    prefill: ref_cli.PrefillOpt = 512,
+    top_k: ref_cli.TopKOpt = DEFAULT_TOP_K,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="Use this reference: a key (or unique prefix) or a tt-metal .refpt file to import."
+        ),
+    ] = None,
+    layers: ref_cli.LayersOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    directory: ref_cli.DirOpt = None,
+) -> None:
+    """Top-1 / top-5 agreement with the HF reference (tt-metal's definitions), KL, perplexity, 95% intervals."""
+    start = time.perf_counter()
+    if accumulation not in ("fast", "exact"):
+        raise TunelabError(f"unknown --accumulation {accumulation!r} (expected fast or exact)")
+    ref_cli._check_device(device)
+    if lm_head not in ("bfp8", "bf16"):
+        raise TunelabError(f"unknown --lm-head {lm_head!r} (expected bfp8 or bf16)")
+    if sum(x is not None for x in (config, preset, optimizations)) != 1:
+        raise TunelabError("give exactly one config: --config FILE, --preset NAME or --optimizations '...'")
+    spec = WindowSpec(window_len, prefill, windows)
+    store = ReferenceStore(directory)
+
+    ref_cli.err.print(f"loading {model} ...")
+    loaded = ref_cli.load_model(model, layers)
+    precision = load_config(preset, loaded.config.name, loaded.config.n_layers, optimizations, config)
+    if reference is None:
+        ref, _, _ = ref_cli.get_reference(
+            model, corpus, spec, top_k=top_k, device=device, layers=layers, store=store, loaded=loaded
+        )
+    else:
+        ref = _explicit_reference(reference, loaded, store).select(windows)
+    if ref.meta["model"]["fingerprint"] != loaded.fingerprint:
+        raise ReferenceError(
+            f"reference {ref.key} was built from model fingerprint {ref.meta['model']['fingerprint']}, but "
+            f"{model} now has {loaded.fingerprint}: rebuild it with `tunelab reference build --model {model} --force`"
+        )
+
+    from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+    from tunelab.eval.accuracy import evaluate
+
+    options = EmulatorOptions(accumulation, lm_head_format=lm_head)
+    emulator = EmulatedModel(loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, options, device)
+    with ref_cli.progress(f"emulating {_source(config, preset, optimizations)}") as (set_total, advance):
+        set_total(ref.n_windows)
+        result = evaluate(
+            ref,
+            lambda tokens, prefill_len: emulator.teacher_forced(tokens, prefill_len, precision),
+            on_window=advance,
+        )
+    info = {
+        "model": loaded.config.name,
+        "model_source": str(loaded.source),
+        "model_fingerprint": loaded.fingerprint,
+        "n_layers": loaded.config.n_layers,
+        "config_source": _source(config, preset, optimizations),
+        "accumulation": accumulation,
+        "lm_head": lm_head,
+        "device": device,
+        "reference": {
+            "key": ref.key,
+            "origin": ref.meta.get("origin"),
+            "corpus": ref.meta.get("corpus", {}).get("name"),
+            "window_len": ref.window_len,
+            "prefill_len": ref.prefill_len,
+            "n_windows": ref.n_windows,
+            "top_k": ref.top_k,
+            "dtype": ref.meta.get("dtype"),
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    if json_out:
+        typer.echo(json.dumps({**result.to_dict(), **info}))
+    else:
+        _print(result, info)
+
+
+def _explicit_reference(reference: str, loaded: Any, store: ReferenceStore) -> Any:
+    path = Path(reference)
+    if path.suffix == ".refpt" or path.is_file():
+        from tunelab.eval.refpt import import_refpt
+
+        return import_refpt(path, loaded, store)
+    return store.load(store.resolve_key(reference))
+
+
+def _source(config: Path | None, preset: str | None, optimizations: str | None) -> str:
+    if preset is not None:
+        return f"preset {preset}"
+    if config is not None:
+        return f"config {config}"
+    return f"optimizations {optimizations!r}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _print(result: Any, info: dict[str, Any]) -> None:
+    r = info["reference"]
+    console = Console(width=160)
+    table = Table(
+        title=f"{info['model']} · {info['config_source']} · accumulation {info['accumulation']} · "
+        f"reference {r['key']} ({r['n_windows']} x {r['window_len']} tokens, prefill {r['prefill_len']})"
+    )
+    for column in ("metric", "value", "95% interval"):
+        table.add_column(column)
+    table.add_row("top-1", _pct(result.top1), f"{_pct(result.top1_ci[0])} .. {_pct(result.top1_ci[1])}")
+    table.add_row("top-5", _pct(result.top5), f"{_pct(result.top5_ci[0])} .. {_pct(result.top5_ci[1])}")
+    table.add_row(
+        "top-1, ties credited",
+        _pct(result.top1_tie_aware),
+        f"{_pct(result.tie_rate)} of positions have a tied max",
+    )
+    kl_note = (
+        "" if result.kl_support_mass is None else f"on top-{r['top_k']} ({_pct(result.kl_support_mass)} mass)"
+    )
+    table.add_row("KL(ref || cand)", _num(result.kl, 5), kl_note)
+    table.add_row("perplexity", _num(result.ppl, 3), f"reference {_num(result.reference_ppl, 3)}")
+    table.add_row("positions", str(result.n_positions), f"{result.n_windows} windows")
+    console.print(table)
+    windows = Table(title="per window")
+    for column in ("window", "top-1", "top-5", "KL", "ppl"):
+        windows.add_column(column, justify="right")
+    for w in result.per_window:
+        windows.add_row(str(w.window), _pct(w.top1), _pct(w.top5), _num(w.kl, 5), _num(w.ppl, 3))
+    console.print(windows)
+    console.print(
+        f"Top-1: {100 * result.top1:.0f}% | Top-5: {100 * result.top5:.0f}%  ({info['seconds']:.1f} s)"
+    )

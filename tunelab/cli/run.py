@@ -1,0 +1,90 @@
+"""`tunelab run`: emulate a config on a text and show its next-token predictions beside the references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.cli.config import JsonOpt, OptimizationsOpt, PresetOpt, load_config
+
+DEFAULT_TEXT = (
+    "The old lighthouse keeper climbed the spiral stairs every evening, counting each step as his father had "
+    "taught him, and when he reached the lamp room he wiped the salt from the glass before lighting the wick."
+)
+
+
+def run(
+    model: Annotated[
+        str, typer.Option(help="Model: an alias (smollm2-135m), HF dir/id, .gguf, Meta dir.")
+    ] = ("smollm2-135m"),
+    preset: PresetOpt = None,
+    json_file: JsonOpt = None,
+    optimizations: OptimizationsOpt = None,
+    text: Annotated[str, typer.Option(help="Text to run teacher-forced.")] = DEFAULT_TEXT,
+    prefill: Annotated[int | None, typer.Option(help="Prefill tokens (default: half the text).")] = None,
+    accumulation: Annotated[str, typer.Option(help="bf16-Dst accumulation: fast or exact.")] = "fast",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    layers: Annotated[int | None, typer.Option(help="Keep only the first N decoders.")] = None,
+) -> None:
+    """Next-token predictions of the emulated config beside the all-bf16 emulation and the HF fp32 reference."""
+    import torch
+
+    from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+    from tunelab.errors import TunelabError
+    from tunelab.model_presets import model_preset
+    from tunelab.models import load_model
+
+    if accumulation not in ("fast", "exact"):
+        raise TunelabError(f"unknown --accumulation {accumulation!r} (expected fast or exact)")
+    if preset is None and json_file is None and optimizations is None:
+        preset = "performance"
+    loaded = load_model(model, n_layers=layers)
+    n_layers = loaded.config.n_layers
+    config = load_config(preset, loaded.config.name, n_layers, optimizations, json_file)
+    tokens = torch.tensor(loaded.tokenizer.encode(text), dtype=torch.long)
+    prefill_len = prefill or len(tokens) // 2
+    if not 0 < prefill_len < len(tokens):
+        raise TunelabError(f"--prefill must be in 1..{len(tokens) - 1} for this {len(tokens)}-token text")
+    emulator = EmulatedModel(
+        loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, EmulatorOptions(accumulation), device
+    )
+    emulated = emulator.teacher_forced(tokens, prefill_len, config).argmax(-1).cpu()
+    ceiling = (
+        emulator.teacher_forced(tokens, prefill_len, model_preset("bf16", "", n_layers)).argmax(-1).cpu()
+    )
+    with torch.no_grad():
+        reference = loaded.hf_model(tokens[None]).logits[0, prefill_len:].argmax(-1)
+    _print(
+        loaded.tokenizer, tokens, prefill_len, emulated, ceiling, reference, _source_name(preset, json_file)
+    )
+
+
+def _source_name(preset: str | None, json_file: Path | None) -> str:
+    return preset or (json_file.name if json_file else "--optimizations")
+
+
+def _print(tokenizer, tokens, prefill_len, emulated, ceiling, reference, source: str) -> None:
+    table = Table(title=f"teacher-forced next-token predictions ({prefill_len} prefill tokens)")
+    for column in ("pos", "input", "HF fp32", "emulated bf16", f"emulated {source}"):
+        table.add_column(column)
+    show = tokenizer.convert_ids_to_tokens
+    for row, position in enumerate(range(prefill_len, len(tokens))):
+        mark = "" if emulated[row] == reference[row] else "[red]"
+        table.add_row(
+            str(position),
+            repr(show(int(tokens[position]))),
+            repr(show(int(reference[row]))),
+            repr(show(int(ceiling[row]))),
+            f"{mark}{show(int(emulated[row]))!r}",
+        )
+    console = Console(width=160)
+    console.print(table)
+    n = len(reference)
+    console.print(
+        f"top-1 agreement with HF fp32 over {n} decode positions: emulated {source} "
+        f"{(emulated == reference).float().mean():.3f}, emulated bf16 {(ceiling == reference).float().mean():.3f}"
+    )
