@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR := studies/demo
+DEMO_WINDOWS ?= 2
 
 .PHONY: venv ttnn-venv lint test demo benchmark clean
 
@@ -30,21 +31,23 @@ lint: venv
 test: venv ttnn-venv lint
 	$(BIN)/python -m pytest -q
 
+# Evaluate tt-transformers' presets on the embedded default model (SmolLM2-135M-Instruct): export each as a
+# decoder_config JSON, score it against the cached HF reference and predict its speed on an N150.
 demo: venv
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/tunelab config convert --preset performance --model SmolLM2-135M-Instruct --layers 30 \
-		-o $(DEMO_DIR)/smollm2-135m_performance.json
-	$(BIN)/tunelab config convert --preset accuracy --model SmolLM2-135M-Instruct --layers 30 \
-		-o $(DEMO_DIR)/smollm2-135m_accuracy.json
-	$(BIN)/tunelab config convert --preset performance --model Llama-3.1-8B-Instruct --layers 32 \
-		-o $(DEMO_DIR)/llama-3.1-8b_performance.json
-	$(BIN)/tunelab config validate $(DEMO_DIR)/llama-3.1-8b_performance.json --layers 32
-	$(BIN)/tunelab config show $(DEMO_DIR)/llama-3.1-8b_performance.json
-	$(BIN)/tunelab config convert --json $(DEMO_DIR)/smollm2-135m_performance.json --to optimizations
-	$(BIN)/tunelab config convert --json $(DEMO_DIR)/smollm2-135m_accuracy.json --to optimizations
+	$(BIN)/tunelab reference build --model smollm2-135m --windows $(DEMO_WINDOWS)
+	for preset in performance accuracy bf16; do \
+		$(BIN)/tunelab config convert --preset $$preset --model SmolLM2-135M-Instruct --layers 30 \
+			-o $(DEMO_DIR)/smollm2-135m_$$preset.json && \
+		$(BIN)/tunelab eval --model smollm2-135m --config $(DEMO_DIR)/smollm2-135m_$$preset.json \
+			--windows $(DEMO_WINDOWS) && \
+		$(BIN)/tunelab perf predict --model HuggingFaceTB/SmolLM2-135M-Instruct --device N150 \
+			--config $(DEMO_DIR)/smollm2-135m_$$preset.json || exit 1; \
+	done
+	$(BIN)/tunelab run --model smollm2-135m --preset performance
 
 benchmark: venv
-	$(BIN)/python benchmarks/quantize_speed.py
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .venv-ttnn .pytest_cache .ruff_cache

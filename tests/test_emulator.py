@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import (
@@ -144,3 +146,21 @@ def test_decoder_count_must_match_the_model():
     hf, config = tiny_model("LlamaForCausalLM")
     with pytest.raises(ConfigError, match="the config has 3 decoders but tiny has 2 layers"):
         emulator(hf, config).teacher_forced(torch.arange(10), 5, model_preset("performance", "tiny", 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("accumulation", ["fast", "exact"])
+def test_cuda_runs_the_same_emulation(accumulation):
+    hf, config = tiny_model("Qwen3ForCausalLM")
+    tokens = torch.randint(0, TINY["vocab_size"], (96,), generator=torch.Generator().manual_seed(5))
+    precision = model_preset("performance", "tiny", 2)
+    weights = hf_to_canonical(hf.state_dict(), config)
+    cpu = EmulatedModel(config, weights, hf.model.rotary_emb, EmulatorOptions(accumulation))
+    expected = cpu.teacher_forced(tokens, 64, precision)
+    cuda_rotary = copy.deepcopy(hf.model.rotary_emb).to("cuda")
+    gpu = EmulatedModel(config, weights, cuda_rotary, EmulatorOptions(accumulation), device="cuda")
+    got = gpu.teacher_forced(tokens, 64, precision).cpu()
+    # Same values up to the matmul libraries' fp32 summation order (and rare Triton partial-sum ties).
+    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
+    assert torch.equal(gpu.teacher_forced_stepwise(tokens, 64, precision).cpu(), got)

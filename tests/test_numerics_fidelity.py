@@ -10,6 +10,7 @@ from tunelab.numerics import fidelity_matmul, fidelity_matmul_reference, quantiz
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # |error| <= FP32_TOL * (|x| @ |w|): measured worst case ~1e-7 (K=2000); a missing phase gives ~1e-3
 FP32_TOL = 1e-6
+CUDA_TF32_TOL = 1e-5
 
 
 def operands(m: int, k: int, n: int, w_fmt: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,27 +26,22 @@ def phase_sum_f64(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor
 
 
 def assert_within_fp32_rounding(
-    y: torch.Tensor, want: torch.Tensor, x: torch.Tensor, w: torch.Tensor
+    y: torch.Tensor, want: torch.Tensor, x: torch.Tensor, w: torch.Tensor, tol: float = FP32_TOL
 ) -> None:
     scale = x.double().abs() @ w.double().abs()
     worst = ((y.double().cpu() - want.cpu()).abs() / scale.cpu()).max().item()
-    assert worst <= FP32_TOL, f"error {worst:.2e} x (|x|@|w|) exceeds {FP32_TOL:.0e}"
+    assert worst <= tol, f"error {worst:.2e} x (|x|@|w|) exceeds {tol:.0e}"
 
 
-def round_bf16_f64(v: torch.Tensor) -> torch.Tensor:
-    """Round float64 straight to bf16 (8 significant bits, ties to even), staying in float64."""
-    mantissa, exponent = torch.frexp(v)
-    return torch.ldexp(torch.round(mantissa * 256.0) / 256.0, exponent)
-
-
-def bf16_dst_f64(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor:
-    """Hardware-order simulation: float64 16-term partials, running sum rounded to bf16 after each addition."""
+def bf16_dst_simulation(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor:
+    """Hardware order through float64 matmuls: each 16-term partial (exact in float64 for randn-sized data) is
+    rounded to fp32, added to Dst in fp32, and Dst is rounded to bf16 by torch's cast after every addition."""
     terms = [(b.double(), a.double()) for b, a in split_phases(x, w)[:phases]]
-    dst = torch.zeros(x.shape[0], w.shape[1], dtype=torch.float64)
+    dst = torch.zeros(x.shape[0], w.shape[1])
     for tile in range(0, x.shape[1], 32):
         for b, a in terms:
             for face in (tile, tile + 16):
-                dst = round_bf16_f64(dst + b[:, face : face + 16] @ a[face : face + 16])
+                dst = (dst + (b[:, face : face + 16] @ a[face : face + 16]).float()).bfloat16().float()
     return dst
 
 
@@ -57,24 +53,28 @@ def test_fast_fp32_dst_equals_float64_phase_sum(phases: int, device: str) -> Non
     w = quantize(torch.randn(200, 48, generator=g), "bf16")
     y = fidelity_matmul(x.to(device), w.to(device), phases=phases, fp32_dest_acc=True)
     assert y.shape == (2, 16, 48) and y.dtype == torch.float32
+    # CUDA runs the masked operands on TF32 tensor cores (exact inputs), which accumulate with truncation:
+    # a sequential round-toward-zero model of K = 200 reaches 2e-6
+    tol = CUDA_TF32_TOL if device == "cuda" else FP32_TOL
     for i in range(2):
-        assert_within_fp32_rounding(y[i], phase_sum_f64(x[i], w, phases), x[i], w)
+        assert_within_fp32_rounding(y[i], phase_sum_f64(x[i], w, phases), x[i], w, tol)
 
 
 @pytest.mark.parametrize("phases", [1, 2, 4])
-def test_exact_fp32_dst_agrees_with_fast(phases: int) -> None:
+def test_exact_fp32_dst_is_the_fast_phase_sum(phases: int) -> None:
     x, w = operands(8, 72, 24, "bfp8")  # K = 72: zero-padded to 96 in the ordered form
     exact = fidelity_matmul(x, w, phases=phases, fp32_dest_acc=True, accumulation="exact")
-    assert_within_fp32_rounding(exact, phase_sum_f64(x, w, phases), x, w)
+    assert torch.equal(exact, fidelity_matmul(x, w, phases=phases, fp32_dest_acc=True))
+    ordered = fidelity_matmul_reference(x, w, phases=phases, fp32_dest_acc=True)
+    assert_within_fp32_rounding(ordered, phase_sum_f64(x, w, phases), x, w)  # the order only moves fp32 bits
 
 
 def test_exact_bf16_dst_matches_float64_simulation() -> None:
     x, w = operands(32, 1024, 64, "bf16", seed=3)
     y = fidelity_matmul(x, w, phases=2, fp32_dest_acc=False, accumulation="exact")
     assert (y == y.bfloat16().float()).all()  # Dst holds bf16 values
-    mismatch_rate = (y.double() != bf16_dst_f64(x, w, phases=2)).double().mean().item()
-    # Only the fp32 (not float64) 16-term partials can differ; the planning note saw about 1e-4.
-    assert mismatch_rate <= 2e-3, f"{mismatch_rate:.1e} of outputs differ from the float64 simulation"
+    assert torch.equal(y, bf16_dst_simulation(x, w, phases=2))
+    assert torch.equal(y, fidelity_matmul_reference(x, w, phases=2, fp32_dest_acc=False))
 
 
 def test_lofi_with_bfp4_weights_uses_exact_weights_and_7_bit_activations() -> None:
@@ -140,12 +140,14 @@ def test_bf16_dst_fast_form_rounds_once() -> None:
     assert torch.equal(fast, fidelity_matmul(x, w, phases=4, fp32_dest_acc=True).bfloat16().float())
 
 
+@pytest.mark.parametrize("fp32_dest_acc", [True, False])
 @pytest.mark.parametrize("accumulation", ["fast", "exact"])
-def test_denormal_inputs_are_flushed(accumulation: str) -> None:
+def test_denormal_inputs_are_flushed(accumulation: str, fp32_dest_acc: bool) -> None:
     x = torch.tensor([[1e-39, 1.0]])
     w = torch.tensor([[1e38], [0.0]])
     for a, b in ((x, w), (w.t(), x.t())):  # a denormal activation, then a denormal weight
-        assert fidelity_matmul(a, b, phases=4, fp32_dest_acc=True, accumulation=accumulation).item() == 0.0
+        y = fidelity_matmul(a, b, phases=4, fp32_dest_acc=fp32_dest_acc, accumulation=accumulation)
+        assert y.item() == 0.0
 
 
 def test_bad_arguments() -> None:

@@ -1,5 +1,6 @@
 """Bit-exact emulation of Tenstorrent number formats, packers and FPU matmul fidelity (numerics.md)."""
 
+from tunelab.numerics import numba_setup  # noqa: F401  (first: configures numba before kernel modules import it)
 from tunelab.numerics.device_packing import pack_on_device
 from tunelab.numerics.fidelity import (
     FIDELITY_PHASES,

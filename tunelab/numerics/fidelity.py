@@ -4,6 +4,9 @@ x (activations, in0) goes to SrcB and w (weights, in1) to SrcA. Each operand is 
 high and a low part; fidelity phase p adds one product of parts to Dst (LoFi = 1 phase ... HiFi4 = 4).
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +18,7 @@ SRC_A_MASKS = (0xFFF80000, 0xFFFFC000)  # weights: (hidden + 4 mantissa bits, hi
 SRC_B_MASKS = (0xFFFE0000, 0xFFFFE000)  # activations: (hidden + 6 bits, TF32: hidden + 10 bits)
 K_TILE, K_FACE = 32, 16
 ACCUMULATIONS = ("fast", "exact")
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def split(x: torch.Tensor, masks: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,27 +50,72 @@ def fidelity_matmul(
     Operands are float32 (or bf16/fp16) tensors holding values of their storage format. `phases` is the math
     fidelity (1 LoFi, 2 HiFi2, 3 HiFi3, 4 HiFi4). accumulation="fast" sums the phase products in fp32 with one
     rounding at the output (to bf16 as well when fp32_dest_acc is False, which ignores bf16 Dst's per-addition
-    rounding); "exact" follows the hardware order K-tile -> phase -> 16-wide K face, rounding Dst after every
-    addition (`fidelity_matmul_reference`).
+    rounding). accumulation="exact" with a bf16 Dst follows `fidelity_matmul_reference` bit for bit through a
+    fused kernel: numba on CPU tensors (accumulate_cpu), Triton on CUDA tensors (accumulate_triton, which may
+    differ from it in rare elements, see there). With an fp32 Dst, "exact" is the fast fp32 phase sum: the
+    hardware's fp32 order inside an MVMUL is undocumented (numerics.md 2.3: operations may be fused or
+    reordered), so an ordered fp32 model would not be more faithful, only slower; the two differ by fp32
+    rounding noise.
     """
-    if accumulation == "exact":
-        return fidelity_matmul_reference(x, w, phases=phases, fp32_dest_acc=fp32_dest_acc)
+    if accumulation == "exact" and not fp32_dest_acc:
+        return _bf16_dst_exact(x, w, phases)
     x, w = _checked_operands(x, w, phases, accumulation)
     y = _phase_sum(x, w, phases)
     return y if fp32_dest_acc else round_bf16(y)
 
 
+def _bf16_dst_exact(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor:
+    """Exact bf16-Dst accumulation through the fused kernel for x's device (batch dims folded into M)."""
+    _check_arguments(x, w, phases, "exact")
+    flat = x.flatten(0, -2)
+    if x.device.type == "cuda":  # the kernel reads bf16: no float32 copies of bf16 tensors
+        from tunelab.numerics import accumulate_triton
+
+        y = accumulate_triton.bf16_dst_matmul(flat, w, phases)
+    elif x.device.type == "cpu":
+        from tunelab.numerics import accumulate_cpu
+
+        y = accumulate_cpu.bf16_dst_matmul(as_float32(flat), as_float32(w), phases, SRC_B_MASKS, SRC_A_MASKS)
+    else:
+        raise NotImplementedError(f"exact bf16-Dst accumulation has kernels for cpu and cuda, not {x.device}")
+    return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
 def _phase_sum(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor:
-    """Sum of the first `phases` phase products in as few fp32 matmuls as the masks allow (hi + lo == all)."""
+    """Sum of the first `phases` phase products in as few fp32 matmuls as the masks allow (hi + lo == all).
+
+    On CUDA the matmuls may use TF32 tensor cores: every masked operand has at most 11 significant bits, so its
+    TF32 conversion is exact, products are exact and accumulation stays fp32.
+    """
     b_hi, b_lo, b_all = split(flush_denormals(x), SRC_B_MASKS)
     a_hi, _, a_all = split(flush_denormals(w), SRC_A_MASKS)
-    if phases == 1:
-        return b_hi @ a_hi
-    if phases == 2:
-        return b_hi @ a_all
-    if phases == 3:
-        return b_hi @ a_all + b_lo @ a_hi
-    return b_all @ a_all
+    with _tf32_matmuls(x.device):
+        if phases == 1:
+            return b_hi @ a_hi
+        if phases == 2:
+            return b_hi @ a_all
+        if phases == 3:
+            return b_hi @ a_all + b_lo @ a_hi
+        return b_all @ a_all
+
+
+@contextlib.contextmanager
+def _tf32_matmuls(device: torch.device) -> Iterator[None]:
+    """Allow TF32 for CUDA fp32 matmuls inside the block (exact for masked operands); no-op elsewhere.
+
+    Uses torch's `fp32_precision` switch where it exists (torch >= 2.9 rejects mixing it with `allow_tf32`).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    settings = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32") if hasattr(settings, "fp32_precision") else ("allow_tf32", True)
+    previous = getattr(settings, name)
+    setattr(settings, name, value)
+    try:
+        yield
+    finally:
+        setattr(settings, name, previous)
 
 
 def fidelity_matmul_reference(
@@ -74,18 +123,23 @@ def fidelity_matmul_reference(
 ) -> torch.Tensor:
     """Slow, ordered model: for each 32-wide K tile, each phase, each 16-wide K face, Dst += 16-term partial.
 
-    The partial is an fp32 matmul; Dst is fp32, or bf16 (RNE after every addition) when fp32_dest_acc is False.
-    K is zero-padded to a multiple of 32 (zeros add nothing).
+    The partial is the sum of the face's 16 products (exact in float64) accumulated in float64 in k order and
+    rounded once to fp32 (RNE): the exact sum whenever the products lie within 2^37 of each other, i.e. for all
+    realistic data, and a fixed, reproducible value otherwise. Dst is fp32 (fp32 add), or bf16: RNE of the fp32
+    sum Dst + partial after every addition. K is zero-padded to a multiple of 32 (zero partials change nothing).
     """
     x, w = _checked_operands(x, w, phases, "exact")
     pad = -x.shape[-1] % K_TILE
     x, w = F.pad(x, (0, pad)), F.pad(w, (0, 0, 0, pad))
-    terms = split_phases(x, w)[:phases]
+    terms = [(b.double(), a.double()) for b, a in split_phases(x, w)[:phases]]
     dst = torch.zeros(*x.shape[:-1], w.shape[-1], dtype=torch.float32, device=x.device)
     for tile in range(0, x.shape[-1], K_TILE):
         for b, a in terms:
             for face in range(tile, tile + K_TILE, K_FACE):
-                dst = dst + b[..., face : face + K_FACE] @ a[face : face + K_FACE]
+                partial = torch.zeros_like(dst, dtype=torch.float64)
+                for k in range(face, face + K_FACE):
+                    partial = partial + b[..., k, None] * a[k]
+                dst = dst + partial.float()
                 if not fp32_dest_acc:
                     dst = round_bf16(dst)
     return dst
@@ -95,10 +149,18 @@ def _checked_operands(
     x: torch.Tensor, w: torch.Tensor, phases: int, accumulation: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate the arguments and return the operands as float32."""
+    _check_arguments(x, w, phases, accumulation)
+    return as_float32(x), as_float32(w)
+
+
+def _check_arguments(x: torch.Tensor, w: torch.Tensor, phases: int, accumulation: str) -> None:
+    """Raise ValueError/TypeError for a bad fidelity, accumulation mode, shape or dtype."""
     if phases not in FIDELITY_PHASES.values():
         raise ValueError(f"phases must be 1..4 (LoFi, HiFi2, HiFi3, HiFi4), got {phases!r}")
     if accumulation not in ACCUMULATIONS:
         raise ValueError(f"accumulation must be one of {ACCUMULATIONS}, got {accumulation!r}")
     if w.dim() != 2 or x.dim() < 2 or x.shape[-1] != w.shape[0]:
         raise ValueError(f"need x [..., M, K] and w [K, N]; got {tuple(x.shape)} and {tuple(w.shape)}")
-    return as_float32(x), as_float32(w)
+    for t in (x, w):
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"expected float32, bfloat16 or float16 operands, got {t.dtype}")
