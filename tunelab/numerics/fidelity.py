@@ -4,6 +4,8 @@ x (activations, in0) goes to SrcB and w (weights, in1) to SrcA. Each operand is 
 high and a low part; fidelity phase p adds one product of parts to Dst (LoFi = 1 phase ... HiFi4 = 4).
 """
 
+from __future__ import annotations
+
 import contextlib
 from collections.abc import Iterator
 
@@ -43,7 +45,7 @@ def split_phases(x: torch.Tensor, w: torch.Tensor) -> list[tuple[torch.Tensor, t
 
 
 def fidelity_matmul(
-    x: torch.Tensor, w: torch.Tensor, *, phases: int, fp32_dest_acc: bool, accumulation: str = "fast"
+    x: torch.Tensor, w: torch.Tensor | SrcA, *, phases: int, fp32_dest_acc: bool, accumulation: str = "fast"
 ) -> torch.Tensor:
     """Emulate ttnn `matmul(x, w)` on the FPU: x [..., M, K] activations, w [K, N] weights -> fp32 Dst [..., M, N].
 
@@ -57,16 +59,18 @@ def fidelity_matmul(
     reordered), so an ordered fp32 model would not be more faithful, only slower; the two differ by fp32
     rounding noise.
     """
+    if isinstance(w, SrcA):
+        _check_arguments(x, w.all, phases, accumulation)
+    else:
+        _check_arguments(x, w, phases, accumulation)
     if accumulation == "exact" and not fp32_dest_acc:
-        return _bf16_dst_exact(x, w, phases)
-    x, w = _checked_operands(x, w, phases, accumulation)
-    y = _phase_sum(x, w, phases)
+        return _bf16_dst_exact(x, w.all if isinstance(w, SrcA) else w, phases)
+    y = phase_sum(x, w, phases)
     return y if fp32_dest_acc else round_bf16(y)
 
 
 def _bf16_dst_exact(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor:
     """Exact bf16-Dst accumulation through the fused kernel for x's device (batch dims folded into M)."""
-    _check_arguments(x, w, phases, "exact")
     flat = x.flatten(0, -2)
     if x.device.type == "cuda":  # the kernel reads bf16: no float32 copies of bf16 tensors
         from tunelab.numerics import accumulate_triton
@@ -81,22 +85,51 @@ def _bf16_dst_exact(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tens
     return y.reshape(*x.shape[:-1], w.shape[-1])
 
 
-def _phase_sum(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor:
+class SrcA:
+    """Weights prepared once for the FPU's SrcA (denormals flushed, TF32-truncated; the 5-bit high part made on
+    first use), so matmuls that reuse a weight skip re-splitting it. Any `fidelity_matmul` weight may be one."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        if w.dim() < 2 or w.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"weights must be a float tensor [..., K, N], got {w.dtype} {tuple(w.shape)}")
+        self.all = _operand_part(w, SRC_A_MASKS[1])
+        self.shape = self.all.shape
+        self._hi: torch.Tensor | None = None
+
+    @property
+    def hi(self) -> torch.Tensor:
+        if self._hi is None:
+            self._hi = _operand_part(self.all, SRC_A_MASKS[0])
+        return self._hi
+
+
+def _operand_part(t: torch.Tensor, mask: int) -> torch.Tensor:
+    """The operand's bits under `mask` after flushing denormals: one fused pass on CPU, torch ops elsewhere."""
+    if t.device.type == "cpu":
+        from tunelab.numerics.operand_kernels import flush_and_mask
+
+        return flush_and_mask(t, mask)
+    return bits_float(float_bits(flush_denormals(as_float32(t))) & int32_mask(mask))
+
+
+def phase_sum(x: torch.Tensor, w: torch.Tensor | SrcA, phases: int) -> torch.Tensor:
     """Sum of the first `phases` phase products in as few fp32 matmuls as the masks allow (hi + lo == all).
 
-    On CUDA the matmuls may use TF32 tensor cores: every masked operand has at most 11 significant bits, so its
-    TF32 conversion is exact, products are exact and accumulation stays fp32.
+    x [..., M, K] and w [..., K, N] broadcast like torch.matmul. On CUDA the matmuls may use TF32 tensor cores:
+    every masked operand has at most 11 significant bits, so its TF32 conversion is exact, products are exact
+    and accumulation stays fp32.
     """
-    b_hi, b_lo, b_all = split(flush_denormals(x), SRC_B_MASKS)
-    a_hi, _, a_all = split(flush_denormals(w), SRC_A_MASKS)
+    a = w if isinstance(w, SrcA) else SrcA(w)
+    b_hi = _operand_part(x, SRC_B_MASKS[0]) if phases < 4 else None
+    b_all = _operand_part(x, SRC_B_MASKS[1]) if phases in (3, 4) else None
     with _tf32_matmuls(x.device):
         if phases == 1:
-            return b_hi @ a_hi
+            return b_hi @ a.hi
         if phases == 2:
-            return b_hi @ a_all
+            return b_hi @ a.all
         if phases == 3:
-            return b_hi @ a_all + b_lo @ a_hi
-        return b_all @ a_all
+            return b_hi @ a.all + (b_all - b_hi) @ a.hi
+        return b_all @ a.all
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.backends.emulated.ops import Accumulation, Mode, linear
+from tunelab.numerics import SrcA
 from tunelab.precision import KernelConfig
 
 
@@ -14,7 +15,7 @@ from tunelab.precision import KernelConfig
 class Linear:
     """`ttnn.linear(x, weight)` with the prefill or decode op group's compute config; returns the fp32 Dst."""
 
-    weight: torch.Tensor  # [in, out], values of the weight's storage format
+    weight: SrcA  # [in, out], values of the weight's storage format, prepared for the FPU's SrcA
     prefill: KernelConfig
     decode: KernelConfig
     accumulation: Accumulation

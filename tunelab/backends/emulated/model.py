@@ -21,7 +21,7 @@ from tunelab.backends.emulated.weight_cache import DEFAULT_BUDGET_BYTES, WeightC
 from tunelab.errors import ConfigError
 from tunelab.models.config import ModelConfig
 from tunelab.models.weights import ModelWeights
-from tunelab.numerics import quantize
+from tunelab.numerics import SrcA, quantize
 from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, OpGroup, TensorGroup
 
 __all__ = ["EmulatedModel"]
@@ -50,7 +50,7 @@ class EmulatedModel:
         self.rotary_emb = rotary_emb
         self.embedding = quantize(weights.embedding.to(self.device), "bf16")
         self.norm = quantize(weights.norm.to(self.device), "bf16")
-        self.lm_head = quantize(weights.lm_head.to(self.device), self.options.lm_head_format)
+        self.lm_head = SrcA(quantize(weights.lm_head.to(self.device), self.options.lm_head_format))
 
     def decoders(self, precision: ModelPrecision) -> list[Decoder]:
         """The decoder layers configured by `precision` (weights come from the quantisation cache)."""

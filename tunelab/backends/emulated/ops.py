@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from tunelab.numerics import fidelity_matmul, pack_on_device, split_phases
+from tunelab.numerics import SrcA, fidelity_matmul, pack_on_device, phase_sum
 from tunelab.numerics.bf16 import round_bf16
 from tunelab.precision import KernelConfig, Precision
 
@@ -50,9 +50,7 @@ def activation_or(activation: Precision, fallback: str) -> str:
     return fallback if activation is Precision.MIXED else activation.value
 
 
-def linear(
-    x: torch.Tensor, weight: torch.Tensor, kernel: KernelConfig, accumulation: Accumulation
-) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: SrcA, kernel: KernelConfig, accumulation: Accumulation) -> torch.Tensor:
     """`ttnn.linear(x, weight)` at a kernel config: the fp32 Dst result, before output packing."""
     return fidelity_matmul(
         x, weight, phases=kernel.phases, fp32_dest_acc=kernel.fp32_dest_acc_en, accumulation=accumulation
@@ -61,8 +59,7 @@ def linear(
 
 def batched_matmul(x: torch.Tensor, w: torch.Tensor, kernel: KernelConfig) -> torch.Tensor:
     """A batched fidelity matmul (x [..., M, K] on SrcB, w [..., K, N] on SrcA), one rounding at the output."""
-    terms = split_phases(x, w)[: kernel.phases]
-    y = sum(torch.matmul(b, a) for b, a in terms)
+    y = phase_sum(x, w, kernel.phases)
     return y if kernel.fp32_dest_acc_en else round_bf16(y)
 
 

@@ -10,7 +10,7 @@ from collections import OrderedDict
 import torch
 
 from tunelab.models.weights import ModelWeights
-from tunelab.numerics import quantize
+from tunelab.numerics import SrcA, quantize
 
 __all__ = ["WeightCache"]
 
@@ -29,21 +29,26 @@ class WeightCache:
         self.weights = weights
         self.device = device or torch.device("cpu")
         self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[tuple[int, str, str], torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, str, str], SrcA] = OrderedDict()
         self._bytes = 0
         self.conversions = 0
 
-    def get(self, layer: int, name: str, fmt: str) -> torch.Tensor:
-        """Layer `layer`'s `name` tensor (wqkv, wo, w1, w2, w3) as stored in `fmt`."""
+    def get(self, layer: int, name: str, fmt: str) -> SrcA:
+        """Layer `layer`'s `name` tensor (wqkv, wo, w1, w2, w3) as stored in `fmt`, prepared for SrcA."""
         key = (layer, name, fmt)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        tensor = quantize(getattr(self.weights.layers[layer], name).to(self.device), fmt)
+        weight = SrcA(quantize(getattr(self.weights.layers[layer], name).to(self.device), fmt))
         self.conversions += 1
-        self._entries[key] = tensor
-        self._bytes += tensor.numel() * tensor.element_size()
+        self._entries[key] = weight
+        self._bytes += _nbytes(weight)
         while self._bytes > self.budget_bytes and len(self._entries) > 1:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.numel() * evicted.element_size()
-        return tensor
+            self._bytes -= _nbytes(evicted)
+        return weight
+
+
+def _nbytes(weight: SrcA) -> int:
+    """Bytes held for a weight (its high part, made for LoFi/HiFi3 on first use, is counted as if present)."""
+    return 2 * weight.all.numel() * weight.all.element_size()
