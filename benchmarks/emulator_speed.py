@@ -51,7 +51,13 @@ def report(label: str, seconds: float, baseline: float) -> None:
 
 
 def emulated_runs(
-    config: ModelConfig, weights, rotary_emb: torch.nn.Module, device: torch.device, tokens, repeats: int
+    config: ModelConfig,
+    weights,
+    rotary_emb: torch.nn.Module,
+    device: torch.device,
+    tokens,
+    repeats: int,
+    profile: bool = False,
 ) -> dict[str, float]:
     # Room for every quantised weight, so the timings measure forwards, not re-quantisation after evictions.
     """Median seconds of the performance preset's teacher-forced window, per accumulation mode."""
@@ -69,10 +75,27 @@ def emulated_runs(
         times[accumulation] = timed(
             lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision), repeats, device
         )
+        if profile:
+            print_profile(
+                lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision), device
+            )
     return times
 
 
-def cpu_benchmark(layers: int | None, repeats: int) -> None:
+def print_profile(fn: Callable[[], object], device: torch.device) -> None:
+    """The ops that take the most time in one call of `fn` (device time on CUDA, CPU time otherwise)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=60))
+
+
+def cpu_benchmark(layers: int | None, repeats: int, profile: bool) -> None:
     from tunelab.models import load_model
 
     loaded = load_model("smollm2-135m", n_layers=layers)
@@ -81,7 +104,7 @@ def cpu_benchmark(layers: int | None, repeats: int) -> None:
     with torch.no_grad():
         plain = timed(lambda: loaded.hf_model(tokens[None]), repeats, device)
     times = emulated_runs(
-        loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, device, tokens, repeats
+        loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, device, tokens, repeats, profile
     )
     print(f"CPU ({torch.get_num_threads()} threads), {loaded.config.name}, {loaded.config.n_layers} layers")
     print(f"  {'plain fp32':<12} {plain * 1000:10.1f} ms")
@@ -91,7 +114,7 @@ def cpu_benchmark(layers: int | None, repeats: int) -> None:
     print(f"  peak RSS {peak_gb:.2f} GB (target <= 3 GB: {'met' if peak_gb <= 3 else 'NOT met'})")
 
 
-def cuda_benchmark(layers: int | None, repeats: int) -> None:
+def cuda_benchmark(layers: int | None, repeats: int, profile: bool) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     facts = json.loads(MODEL_CONFIGS.read_text())["meta-llama/Llama-3.1-8B"]
@@ -110,7 +133,7 @@ def cuda_benchmark(layers: int | None, repeats: int) -> None:
     tokens = torch.randint(0, config.vocab_size, (WINDOW,), device=device)
     with torch.no_grad():
         plain = timed(lambda: hf(tokens[None]), repeats, device)
-    times = emulated_runs(config, weights, hf.model.rotary_emb, device, tokens.cpu(), repeats)
+    times = emulated_runs(config, weights, hf.model.rotary_emb, device, tokens.cpu(), repeats, profile)
     print(
         f"CUDA ({torch.cuda.get_device_name()}), Llama-3.1-8B shape, {config.n_layers} layers, random weights"
     )
@@ -128,11 +151,14 @@ def main() -> None:
         "--layers", type=int, default=None, help="keep only the first N decoders (quick checks)"
     )
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--profile", action="store_true", help="also print the costliest ops of one pass per mode"
+    )
     args = parser.parse_args()
     if not args.skip_cpu:
-        cpu_benchmark(args.layers, args.repeats)
+        cpu_benchmark(args.layers, args.repeats, args.profile)
     if not args.skip_cuda and torch.cuda.is_available():
-        cuda_benchmark(args.layers, args.repeats)
+        cuda_benchmark(args.layers, args.repeats, args.profile)
 
 
 if __name__ == "__main__":
