@@ -9,11 +9,10 @@ CUDA (Triton kernel): Llama-3.1-8B MLP shapes, 1024 tokens, vs a cuBLAS bf16 mat
 """
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 
 from tunelab.numerics import fidelity_matmul, quantize
 
@@ -44,21 +43,8 @@ SWEEP = [  # Triton variants: (label, keyword arguments of accumulate_triton.bf1
 
 
 def median_ms(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    """Median wall time of fn() in ms over `repeats` runs after one warm-up, synchronising CUDA around each."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """Median wall time of fn() in ms (see timing.median_seconds)."""
+    return 1e3 * median_seconds(fn, device, repeats)
 
 
 def operands(m: int, k: int, n: int, w_fmt: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

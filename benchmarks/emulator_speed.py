@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
 from tunelab.model_presets import model_preset
@@ -26,21 +25,6 @@ from tunelab.models import ModelConfig, hf_to_canonical
 WINDOW, PREFILL = 1024, 512
 TARGETS = {"cpu fast": 1.5, "cpu exact": 3.0, "cuda exact": 3.0}
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "tunelab" / "eval" / "data" / "model_configs.json"
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time in seconds of `fn` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def report(label: str, seconds: float, baseline: float) -> None:
@@ -72,8 +56,8 @@ def emulated_runs(
             device,
             cache_budget_bytes=96 * 1024**3,
         )
-        times[accumulation] = timed(
-            lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision), repeats, device
+        times[accumulation] = median_seconds(
+            lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision), device, repeats
         )
         if profile:
             print_profile(
@@ -102,7 +86,7 @@ def cpu_benchmark(layers: int | None, repeats: int, profile: bool) -> None:
     tokens = torch.randint(0, loaded.config.vocab_size, (WINDOW,), generator=torch.Generator().manual_seed(0))
     device = torch.device("cpu")
     with torch.no_grad():
-        plain = timed(lambda: loaded.hf_model(tokens[None]), repeats, device)
+        plain = median_seconds(lambda: loaded.hf_model(tokens[None]), device, repeats)
     times = emulated_runs(
         loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, device, tokens, repeats, profile
     )
@@ -132,7 +116,7 @@ def cuda_benchmark(layers: int | None, repeats: int, profile: bool) -> None:
     weights = hf_to_canonical(hf.state_dict(), config)
     tokens = torch.randint(0, config.vocab_size, (WINDOW,), device=device)
     with torch.no_grad():
-        plain = timed(lambda: hf(tokens[None]), repeats, device)
+        plain = median_seconds(lambda: hf(tokens[None]), device, repeats)
     times = emulated_runs(config, weights, hf.model.rotary_emb, device, tokens.cpu(), repeats, profile)
     print(
         f"CUDA ({torch.cuda.get_device_name()}), Llama-3.1-8B shape, {config.n_layers} layers, random weights"

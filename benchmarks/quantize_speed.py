@@ -6,34 +6,15 @@ Target: quantize(x, "bfp4") in under 10x the time of `x.to(torch.bfloat16)`.
 """
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 
 from tunelab.numerics import quantize
 from tunelab.numerics.blockfloat import MANTISSA_BITS, from_blocks, quantize_bfp_reference, to_blocks
 
 TARGET_RATIO = 10.0
-
-
-def median_seconds(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    """Median wall time of fn() over `repeats` runs after one warm-up, synchronising CUDA around each run."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
