@@ -51,17 +51,9 @@ class Attention:
         keys, values = cache.write(k, v, start)
         if mode == "prefill":
             q = store(q, activation_or(self.activation, "bfp8"))
-        group = c.n_heads // c.n_kv_heads
         mask = _causal_mask(seq, start, x.device)
         kernel = self.sdpa_prefill if mode == "prefill" else self.sdpa_decode
-        out = sdpa(
-            q,
-            keys.repeat_interleave(group, 0),
-            values.repeat_interleave(group, 0),
-            mask,
-            kernel,
-            c.head_dim**-0.5,
-        )
+        out = sdpa(q, keys, values, mask, kernel, c.head_dim**-0.5)
         out = store(out, activation_or(self.activation, "bfp8") if mode == "prefill" else "bf16")
         out = out.transpose(0, 1).flatten(1)  # nlp_concat_heads: [S, h * d]
         wo_format = activation_or(self.activation, "bfp8") if mode == "prefill" else "bf16"

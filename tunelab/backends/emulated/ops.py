@@ -88,7 +88,11 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 def sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, kernel: KernelConfig, scale: float
 ) -> torch.Tensor:
-    """Scaled dot-product attention: q [h, M, d], k/v [h, N, d] (kv heads already repeated), mask [M, N] additive."""
-    scores = batched_matmul(q, k.transpose(-1, -2), kernel) * scale + mask
-    probabilities = store(torch.softmax(scores, dim=-1), "bf16")
-    return batched_matmul(probabilities, v, kernel)
+    """Scaled dot-product attention: q [h, M, d], k/v [kv, N, d] with q heads h = g * kv grouped per kv head
+    (grouped-query attention, as HF's repeat_kv), mask [M, N] additive -> [h, M, d]."""
+    heads, rows, dim = q.shape
+    grouped = q.reshape(k.shape[0], -1, dim)  # [kv, g * M, d]: the g query heads sharing a kv head, stacked
+    scores = batched_matmul(grouped, k.transpose(-1, -2), kernel) * scale
+    scores = scores.unflatten(1, (-1, rows)) + mask  # [kv, g, M, N]
+    probabilities = store(torch.softmax(scores, dim=-1), "bf16").flatten(1, 2)
+    return batched_matmul(probabilities, v, kernel).reshape(heads, rows, dim)
