@@ -36,8 +36,10 @@ class Attention:
     ) -> torch.Tensor:
         """x [S, dim] (bf16 values) at positions start..start+S-1 -> attention output [S, dim] before the residual."""
         c, seq = self.config, x.shape[0]
-        qkv = store(self.wqkv(x, mode), self._qkv_format(mode, seq))
-        qkv = store(qkv, "bf16")  # nlp_create_qkv_heads needs bf16
+        qkv_format = self._qkv_format(mode, seq)
+        qkv = store(self.wqkv(x, mode), qkv_format)
+        if qkv_format != "bf16":
+            qkv = store(qkv, "bf16")  # nlp_create_qkv_heads needs bf16
         if self.bqkv is not None:
             qkv = store(qkv + self.bqkv, "bf16")
         q, k, v = qkv.split([c.q_dim, c.kv_dim, c.kv_dim], dim=-1)

@@ -28,7 +28,8 @@ class Decoder:
         # The residual enters in the activation dtype (to_memory_config in decode), and both adds keep it: the
         # first add's output takes input A's dtype, the second is cast to `activation or bf16`.
         residual_fmt = activation_or(self.activation, "bf16")
-        x = store(x, residual_fmt)
+        if residual_fmt != "bf16":  # a bf16 residual (embedding or decoder output) needs no typecast
+            x = store(x, residual_fmt)
         attn = self.attention(rms_norm(x, self.attention_norm, self.norm_eps), mode, start, cache, rope)
         h = store(x + attn, residual_fmt)
         out = self.mlp(rms_norm(h, self.ffn_norm, self.norm_eps), mode)
