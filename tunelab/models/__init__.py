@@ -1,29 +1,35 @@
-"""Models: load a checkpoint (alias, GGUF, HF or Meta directory, hub id) into the reference and canonical forms."""
+"""Models: load a checkpoint (alias, GGUF, HF or Meta directory, hub id) into the reference and canonical forms.
 
-from tunelab.models.cache import CacheWarning, cache_root
-from tunelab.models.config import SUPPORTED_ARCHITECTURES, ModelConfig, UnsupportedArchitecture
-from tunelab.models.convert import hf_to_canonical, permute, reverse_permute, reverse_permute_1d
-from tunelab.models.loader import SUPPORTED_ROPE_TYPES, LoadedModel, fingerprint, load_model
-from tunelab.models.sources import ALIASES, Source, resolve_source
-from tunelab.models.weights import LayerWeights, ModelWeights
+Names load on first use, so reading a config (`tunelab.models.config`) does not import torch or transformers.
+"""
 
-__all__ = [
-    "ALIASES",
-    "SUPPORTED_ARCHITECTURES",
-    "SUPPORTED_ROPE_TYPES",
-    "CacheWarning",
-    "LayerWeights",
-    "LoadedModel",
-    "ModelConfig",
-    "ModelWeights",
-    "Source",
-    "UnsupportedArchitecture",
-    "cache_root",
-    "fingerprint",
-    "hf_to_canonical",
-    "load_model",
-    "permute",
-    "resolve_source",
-    "reverse_permute",
-    "reverse_permute_1d",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "CacheWarning": "cache",
+    "cache_root": "cache",
+    "SUPPORTED_ARCHITECTURES": "config",
+    "ModelConfig": "config",
+    "UnsupportedArchitecture": "config",
+    "hf_to_canonical": "convert",
+    "permute": "convert",
+    "reverse_permute": "convert",
+    "reverse_permute_1d": "convert",
+    "SUPPORTED_ROPE_TYPES": "loader",
+    "LoadedModel": "loader",
+    "fingerprint": "loader",
+    "load_model": "loader",
+    "ALIASES": "sources",
+    "Source": "sources",
+    "resolve_source": "sources",
+    "LayerWeights": "weights",
+    "ModelWeights": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tunelab.models' has no attribute {name!r}")
+    return getattr(import_module(f"tunelab.models.{_EXPORTS[name]}"), name)
