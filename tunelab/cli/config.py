@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, ConfigWarning
 from tunelab.interop import (
     parse_optimizations,
     read_decoder_config,
@@ -55,9 +56,11 @@ def load_config(
         raise ConfigError("give exactly one source: --preset, --optimizations or --json")
     if json_file is not None:
         parsed = read_decoder_config(json_file, _default_preset(default), default)
-        errors = [f.message for f in parsed.findings(layers) if f.level == "error"]
-        if errors:
-            raise ConfigError(f"{json_file}: {errors[0]}")
+        for finding in parsed.findings(layers):
+            if finding.level == "error":
+                raise ConfigError(f"{json_file}: {finding.message}")
+            if finding.level == "warning":
+                warnings.warn(f"{json_file}: {finding.message}", ConfigWarning, 2)
         return parsed.precision if layers is None else parsed.fit(layers, parsed.precision[0])
     if layers is None:
         raise ConfigError(f"{chosen[0]} needs --layers (the model's decoder count)")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tunelab.errors import ConfigError, ConfigWarning
+from tunelab.cli.config import load_config
+from tunelab.errors import ConfigError
 from tunelab.eval.devices import DEVICES, device
 from tunelab.eval.perf_calibration import (
     PACKAGED_DATA,
@@ -22,11 +22,9 @@ from tunelab.eval.perf_calibration import (
 )
 from tunelab.eval.shapes import model_shape
 from tunelab.eval.throughput import PARAMS_FILE, load_params, predict
-from tunelab.interop import read_decoder_config
-from tunelab.model_presets import PRESETS, model_preset
+from tunelab.model_presets import PRESETS
 from tunelab.models.config import ModelConfig
 from tunelab.precision import ModelPrecision
-from tunelab.presets import generic_performance
 
 app = typer.Typer(help="Predict decode tokens/s/user and TTFT on Tenstorrent devices.", no_args_is_help=True)
 
@@ -126,12 +124,4 @@ def _precision(model: ModelConfig, preset: str | None, config: Path | None) -> M
     """The per-decoder config from exactly one of a preset or a decoder_config file, checked against the model."""
     if (preset is None) == (config is None):
         raise ConfigError("give exactly one of --preset or --config")
-    if preset is not None:
-        return model_preset(preset, model.name, model.n_layers)
-    parsed = read_decoder_config(config, generic_performance)
-    for finding in parsed.findings(model.n_layers):
-        if finding.level == "error":
-            raise ConfigError(f"{config}: {finding.message}")
-        if finding.level == "warning":
-            warnings.warn(f"{config}: {finding.message}", ConfigWarning, 2)
-    return parsed.fit(model.n_layers, parsed.precision[0])
+    return load_config(preset, model.name, model.n_layers, None, config)
