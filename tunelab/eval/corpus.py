@@ -30,7 +30,7 @@ import glob
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -341,9 +341,6 @@ class WindowSpec:
     def tt_metal(cls, window_len: int = 1024, n_windows: int | None = None) -> WindowSpec:
         """tt-metal's split of a reference file: prefill = window_len // 2."""
         return cls(window_len, window_len // 2, n_windows)
-
-    def with_windows(self, n_windows: int | None) -> WindowSpec:
-        return replace(self, n_windows=n_windows)
 
 
 def _bos(tokenizer: Any) -> int | None:

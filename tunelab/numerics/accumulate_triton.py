@@ -33,11 +33,6 @@ CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, "DOT_TF32": 0, "num_warp
 ROUNDINGS = ("bits", "cvt", "magic")
 
 
-def available() -> bool:
-    """True when Triton is importable and a CUDA device is present."""
-    return triton is not None and torch.cuda.is_available()
-
-
 def bf16_dst_matmul(
     x: torch.Tensor,
     w: torch.Tensor,
