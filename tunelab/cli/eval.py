@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tunelab.cli import reference as ref_cli
 from tunelab.cli.config import OptimizationsOpt, PresetOpt, load_config
+from tunelab.cli.emulation import AccumulationOpt, emulator_options
 from tunelab.errors import TunelabError
 from tunelab.eval.corpus import WindowSpec
 from tunelab.eval.reference import DEFAULT_TOP_K, ReferenceError, ReferenceStore
@@ -25,7 +26,7 @@ def eval_command(
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     optimizations: OptimizationsOpt = None,
-    accumulation: Annotated[str, typer.Option(help="bf16-Dst accumulation: fast or exact.")] = "fast",
+    accumulation: AccumulationOpt = "fast",
     device: ref_cli.DeviceOpt = "cpu",
     lm_head: Annotated[
         str,
@@ -52,11 +53,8 @@ def eval_command(
 ) -> None:
     """Top-1 / top-5 agreement with the HF reference (tt-metal's definitions), KL, perplexity, 95% intervals."""
     start = time.perf_counter()
-    if accumulation not in ("fast", "exact"):
-        raise TunelabError(f"unknown --accumulation {accumulation!r} (expected fast or exact)")
+    options = emulator_options(accumulation, lm_head)
     ref_cli._check_device(device)
-    if lm_head not in ("bfp8", "bf16"):
-        raise TunelabError(f"unknown --lm-head {lm_head!r} (expected bfp8 or bf16)")
     if sum(x is not None for x in (config, preset, optimizations)) != 1:
         raise TunelabError("give exactly one config: --config FILE, --preset NAME or --optimizations '...'")
     spec = WindowSpec(window_len, prefill, windows)
@@ -77,10 +75,9 @@ def eval_command(
             f"{model} now has {loaded.fingerprint}: rebuild it with `tunelab reference build --model {model} --force`"
         )
 
-    from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+    from tunelab.backends.emulated import EmulatedModel
     from tunelab.eval.accuracy import evaluate
 
-    options = EmulatorOptions(accumulation, lm_head_format=lm_head)
     emulator = EmulatedModel(loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, options, device)
     with ref_cli.progress(f"emulating {_source(config, preset, optimizations)}") as (set_total, advance):
         set_total(ref.n_windows)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.cli.config import JsonOpt, OptimizationsOpt, PresetOpt, load_config
+from tunelab.cli.emulation import AccumulationOpt, emulator_options
 
 DEFAULT_TEXT = (
     "The old lighthouse keeper climbed the spiral stairs every evening, counting each step as his father had "
@@ -26,20 +27,19 @@ def run(
     optimizations: OptimizationsOpt = None,
     text: Annotated[str, typer.Option(help="Text to run teacher-forced.")] = DEFAULT_TEXT,
     prefill: Annotated[int | None, typer.Option(help="Prefill tokens (default: half the text).")] = None,
-    accumulation: Annotated[str, typer.Option(help="bf16-Dst accumulation: fast or exact.")] = "fast",
+    accumulation: AccumulationOpt = "fast",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     layers: Annotated[int | None, typer.Option(help="Keep only the first N decoders.")] = None,
 ) -> None:
     """Next-token predictions of the emulated config beside the all-bf16 emulation and the HF fp32 reference."""
     import torch
 
-    from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+    from tunelab.backends.emulated import EmulatedModel
     from tunelab.errors import TunelabError
     from tunelab.model_presets import model_preset
     from tunelab.models import load_model
 
-    if accumulation not in ("fast", "exact"):
-        raise TunelabError(f"unknown --accumulation {accumulation!r} (expected fast or exact)")
+    options = emulator_options(accumulation)
     if preset is None and json_file is None and optimizations is None:
         preset = "performance"
     loaded = load_model(model, n_layers=layers)
@@ -49,9 +49,7 @@ def run(
     prefill_len = prefill or len(tokens) // 2
     if not 0 < prefill_len < len(tokens):
         raise TunelabError(f"--prefill must be in 1..{len(tokens) - 1} for this {len(tokens)}-token text")
-    emulator = EmulatedModel(
-        loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, EmulatorOptions(accumulation), device
-    )
+    emulator = EmulatedModel(loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, options, device)
     emulated = emulator.teacher_forced(tokens, prefill_len, config).argmax(-1).cpu()
     ceiling = (
         emulator.teacher_forced(tokens, prefill_len, model_preset("bf16", "", n_layers)).argmax(-1).cpu()
