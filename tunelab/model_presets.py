@@ -18,7 +18,13 @@ from pathlib import Path
 from tunelab.errors import ConfigError, ConfigWarning
 from tunelab.interop.decoder_json import read_decoder_config
 from tunelab.precision import DecoderPrecision, ModelPrecision
-from tunelab.presets import full_precision, generic_accuracy, generic_performance, hard_defaults
+from tunelab.presets import (
+    full_precision,
+    generic_accuracy,
+    generic_performance,
+    hard_defaults,
+    model_basename,
+)
 
 __all__ = ["PRESETS", "model_preset", "override_file", "override_root"]
 
@@ -46,7 +52,7 @@ def override_file(model_name: str, preset: str) -> Path | None:
     """tt-transformers' per-model override file for `preset`, if one exists (`model_name` = HF basename)."""
     if preset not in ("performance", "accuracy"):
         return None
-    path = override_root() / model_name.rstrip("/").rsplit("/", 1)[-1] / f"{preset}_decoder_config.json"
+    path = override_root() / model_basename(model_name) / f"{preset}_decoder_config.json"
     return path if path.is_file() else None
 
 

@@ -10,7 +10,14 @@ import re
 
 from tunelab.precision import DecoderPrecision, MathFidelity, OpGroup, Precision, TensorGroup
 
-__all__ = ["base_model_name", "full_precision", "generic_accuracy", "generic_performance", "hard_defaults"]
+__all__ = [
+    "base_model_name",
+    "full_precision",
+    "generic_accuracy",
+    "generic_performance",
+    "hard_defaults",
+    "model_basename",
+]
 
 _QWEN_7B = {"Qwen2.5-7B", "Qwen2.5-VL-7B"}
 _LARGE_MODELS = {"Llama-3.1-70B", "Llama-3.2-90B", "DeepSeek-R1-Distill-Llama-70B", "Qwen2.5-72B"}
@@ -34,7 +41,7 @@ _BFP4_MLP = ({TensorGroup.FF1_FF3: Precision.BFP4}, {OpGroup.LI_FF1_FF3: MathFid
 
 def base_model_name(model_name: str) -> str:
     """tt-transformers' `get_base_model_name`: drop an HF org prefix and everything after the first `<n>B-`."""
-    name = _short_name(model_name)
+    name = model_basename(model_name)
     match = re.match(r"(.*?\d+[bB])-", name)
     return match.group(1) if match else name
 
@@ -57,7 +64,7 @@ def generic_performance(model_name: str) -> DecoderPrecision:
     if base in _QWEN_7B:
         return hard_defaults().overlay(_BF16_ATTENTION, _HIFI4_ATTENTION)
     decoder = hard_defaults().overlay(*_BFP4_MLP)
-    if _short_name(model_name).startswith("Phi-3-mini"):
+    if model_basename(model_name).startswith("Phi-3-mini"):
         decoder = decoder.overlay(fidelities={OpGroup.LI_QKV_PREFILL: MathFidelity.HIFI2_FP16})
     return decoder
 
@@ -75,5 +82,6 @@ def generic_accuracy(model_name: str) -> DecoderPrecision:
     return hard_defaults().overlay(_BF16_ATTENTION, _HIFI4_ATTENTION)
 
 
-def _short_name(model_name: str) -> str:
+def model_basename(model_name: str) -> str:
+    """tt-transformers' model_name: the last path component of an HF id or checkpoint path."""
     return model_name.rstrip("/").rsplit("/", 1)[-1]

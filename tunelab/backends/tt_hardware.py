@@ -22,6 +22,7 @@ from tunelab.eval.devices import Device
 from tunelab.eval.throughput import Throughput
 from tunelab.interop import write_decoder_config
 from tunelab.precision import ModelPrecision
+from tunelab.presets import model_basename
 
 __all__ = [
     "ACCURACY_TEST",
@@ -174,7 +175,7 @@ class TTHardware:
             tok_s_u=tok_s_u,
             ttft_ms=ttft_ms,
             kind="measured",
-            model=self.hf_model.rstrip("/").rsplit("/", 1)[-1],
+            model=model_basename(self.hf_model),
             device=self.device.name,
             batch=batch,
             seq_len=DEMO_PROMPT_TOKENS,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.models.config import ModelConfig
-from tunelab.presets import base_model_name
+from tunelab.presets import base_model_name, model_basename
 
 __all__ = ["KNOWN_MODELS", "UnknownModel", "model_shape"]
 
@@ -52,7 +52,7 @@ def model_shape(spec: str) -> ModelConfig:
             raise UnknownModel(f"{path}: not a readable config.json: {exc}") from None
         name = path.parent.name if path.name == "config.json" else path.stem
         return _from_hf(hf_config, name, str(path))
-    name = spec.rstrip("/").rsplit("/", 1)[-1]
+    name = model_basename(spec)
     base = base_model_name(name)
     for key, hf_config in _known().items():
         if base_model_name(key) == base:
