@@ -31,9 +31,7 @@ class Attention:
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
 
-    def __call__(
-        self, x: torch.Tensor, mode: Mode, start: int, cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, mode: Mode, positions: Positions, cache: KVCache) -> torch.Tensor:
         """x [S, dim] (bf16 values) at positions start..start+S-1 -> attention output [S, dim] before the residual."""
         c, seq = self.config, x.shape[0]
         qkv_format = self._qkv_format(mode, seq)
@@ -48,14 +46,12 @@ class Attention:
         v = v.unflatten(-1, (c.n_kv_heads, c.head_dim)).transpose(0, 1)
         if self.q_norm is not None:
             q, k = rms_norm(q, self.q_norm, c.norm_eps), rms_norm(k, self.k_norm, c.norm_eps)
-        cos, sin = (table[start : start + seq] for table in rope)
-        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
-        keys, values = cache.write(k, v, start)
+        q, k = rotary(q, positions.cos, positions.sin), rotary(k, positions.cos, positions.sin)
+        keys, values = cache.write(k, v, positions.start)
         if mode == "prefill":
             q = store(q, activation_or(self.activation, "bfp8"))
-        mask = _causal_mask(seq, start, x.device)
         kernel = self.sdpa_prefill if mode == "prefill" else self.sdpa_decode
-        out = sdpa(q, keys, values, mask, kernel, c.head_dim**-0.5)
+        out = sdpa(q, keys, values, positions.mask, kernel, c.head_dim**-0.5)
         out = store(out, activation_or(self.activation, "bfp8") if mode == "prefill" else "bf16")
         out = out.transpose(0, 1).flatten(1)  # nlp_concat_heads: [S, h * d]
         wo_format = activation_or(self.activation, "bfp8") if mode == "prefill" else "bf16"
@@ -67,8 +63,19 @@ class Attention:
         return activation_or(self.activation, "bf16")
 
 
-def _causal_mask(seq: int, start: int, device: torch.device) -> torch.Tensor:
-    """Additive mask [S, start + S]: row i sees cache positions 0..start+i."""
-    rows = torch.arange(seq, device=device)[:, None] + start
-    cols = torch.arange(start + seq, device=device)[None, :]
-    return torch.zeros(seq, start + seq, device=device).masked_fill_(cols > rows, float("-inf"))
+@dataclass(frozen=True)
+class Positions:
+    """The consecutive positions one pass covers: their RoPE rows and the causal mask over the KV cache."""
+
+    start: int
+    cos: torch.Tensor  # [S, head_dim]
+    sin: torch.Tensor
+    mask: torch.Tensor  # [S, start + S] additive: row i sees cache positions 0..start+i
+
+    @classmethod
+    def of(cls, start: int, seq: int, rope: tuple[torch.Tensor, torch.Tensor]) -> Positions:
+        cos, sin = (table[start : start + seq] for table in rope)
+        rows = torch.arange(seq, device=cos.device)[:, None] + start
+        cols = torch.arange(start + seq, device=cos.device)[None, :]
+        mask = torch.zeros(seq, start + seq, device=cos.device).masked_fill_(cols > rows, float("-inf"))
+        return cls(start, cos, sin, mask)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tunelab.backends.emulated.attention import Attention
+from tunelab.backends.emulated.attention import Attention, Positions
 from tunelab.backends.emulated.decoder import Decoder
 from tunelab.backends.emulated.kv_cache import KVCache
 from tunelab.backends.emulated.linear import Linear
@@ -107,8 +107,9 @@ class EmulatedModel:
         start: int,
     ) -> torch.Tensor:
         x = self.embedding[tokens.to(self.device)]
+        positions = Positions.of(start, len(tokens), rope)
         for decoder, cache in zip(decoders, caches, strict=True):
-            x = decoder(x, mode, start, cache, rope)
+            x = decoder(x, mode, positions, cache)
         return x
 
     @torch.no_grad()
