@@ -1,7 +1,8 @@
 """Time exact bf16-Dst accumulation (the fused kernels) against plain matmuls of the same shapes, side by side.
 
-CPU (numba kernel): SmolLM2-135M MLP shapes, 1024 tokens, vs a plain fp32 torch matmul. Target: the whole
-teacher-forced pass in exact mode <= 3x transformers' fp32 forward, i.e. roughly 2-3x per LoFi matmul.
+CPU (numba kernel): SmolLM2-135M MLP shapes, 1024 tokens, vs a plain fp32 torch matmul, with the weights
+prepared once as SrcA (as the emulator holds them: their split is made on the first call and reused). Target:
+the whole teacher-forced pass in exact mode <= 3x transformers' fp32 forward, i.e. roughly 2-3x per LoFi matmul.
 CUDA (Triton kernel): Llama-3.1-8B MLP shapes, 1024 tokens, vs a cuBLAS bf16 matmul; also the fast path
 (fp32 phase sum on TF32 tensor cores). --sweep adds Triton tile/rounding variants for tuning.
 
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import torch
 from timing import median_seconds
 
-from tunelab.numerics import fidelity_matmul, quantize
+from tunelab.numerics import SrcA, fidelity_matmul, quantize
 
 # (name, M, K, N, phases, weight format): the performance preset's MLP (FF1/FF3 bfp4 LoFi, FF2 bfp8 HiFi2)
 CPU_SHAPES = [
@@ -64,7 +65,7 @@ def row(name: str, shape: tuple[int, int, int], plain: float, fast: float, exact
     return f"{name:20s} {'x'.join(map(str, shape)):>17s} {times} {fast / plain:7.2f}x {exact / plain:8.2f}x"
 
 
-def modes(x: torch.Tensor, w: torch.Tensor, phases: int) -> tuple[Callable, Callable]:
+def modes(x: torch.Tensor, w: torch.Tensor | SrcA, phases: int) -> tuple[Callable, Callable]:
     """fidelity_matmul with a bf16 Dst in fast and in exact accumulation."""
 
     def fast() -> torch.Tensor:
@@ -78,13 +79,11 @@ def modes(x: torch.Tensor, w: torch.Tensor, phases: int) -> tuple[Callable, Call
 
 def run_cpu(repeats: int) -> None:
     device = torch.device("cpu")
-    print(
-        f"CPU, {torch.get_num_threads()} threads, median of {repeats}; exact = numba kernel incl. operand split"
-    )
+    print(f"CPU, {torch.get_num_threads()} threads, median of {repeats}; SrcA weights; exact = numba kernel")
     print(header("fp32 mm"))
     for name, m, k, n, phases, w_fmt in CPU_SHAPES:
         x, w = operands(m, k, n, w_fmt, device)
-        fast, exact = modes(x, w, phases)
+        fast, exact = modes(x, SrcA(w), phases)
         plain = median_ms(lambda x=x, w=w: x @ w, device, repeats)
         print(
             row(name, (m, k, n), plain, median_ms(fast, device, repeats), median_ms(exact, device, repeats))

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from tunelab.numerics import fidelity_matmul, fidelity_matmul_reference, quantize
+from tunelab.numerics import SrcA, accumulate_cpu, fidelity_matmul, fidelity_matmul_reference, quantize
 from tunelab.numerics.accumulate_cpu import bf16_dst_matmul as cpu_kernel
 from tunelab.numerics.fidelity import SRC_A_MASKS, SRC_B_MASKS
 
@@ -131,6 +131,43 @@ def test_exact_dispatch_and_fp32_dst() -> None:
     assert torch.equal(cpu_exact(x, w, 2).reshape(-1, 40), cpu_kernel(flat, w, 2, SRC_B_MASKS, SRC_A_MASKS))
     exact32 = fidelity_matmul(x, w, phases=2, fp32_dest_acc=True, accumulation="exact")
     assert torch.equal(exact32, fidelity_matmul(x, w, phases=2, fp32_dest_acc=True))
+
+
+@pytest.mark.parametrize(("sequence", "builds"), [((1, 2, 1, 4, 3), [1, 2]), ((2, 1, 2), [2]), ((4, 1), [4])])
+def test_cpu_kernel_reuses_src_a_panels(
+    sequence: tuple[int, ...], builds: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SrcA splits its panels on first exact use and again only when LoFi's one part no longer serves; every
+    call matches the per-call split of a plain tensor weight and the reference bit for bit."""
+    x, w = operands((3, 50), 100, 130, "bfp8", "fp32", seed=9)
+    per_call = {p: cpu_exact(x, w, p) for p in set(sequence)}
+    made, split = [], accumulate_cpu.split_weights
+
+    def counted_split(w: torch.Tensor, phases: int, masks: tuple[int, int]) -> accumulate_cpu.Panels:
+        made.append(phases)
+        return split(w, phases, masks)
+
+    monkeypatch.setattr(accumulate_cpu, "split_weights", counted_split)
+    weight = SrcA(w)
+    for phases in sequence:
+        y = cpu_exact(x, weight, phases)
+        assert_same_bits(y, per_call[phases])
+        assert_same_bits(y, reference(x, w, phases))
+    assert made == builds
+
+
+def test_cpu_kernel_panels_hold_tiny_weights_exactly() -> None:
+    """Weights near the normal limit have denormal lo parts that bf16 could not hold; the panels' 16-bit halves
+    of the masked bits keep them exact. Panels split for fewer phases are refused."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20, 64, generator=g).bfloat16().float() * 2.0**100
+    w = torch.randn(64, 70, generator=g) * 2.0**-124  # TF32 bits at biased exponents 1 and 2: lo below 2^-133
+    for phases in (1, 2, 4):
+        assert_same_bits(cpu_exact(x, SrcA(w), phases), reference(x, w, phases))
+    panels = accumulate_cpu.split_weights(SrcA(w).all, 1, SRC_A_MASKS)
+    assert_same_bits(cpu_kernel(x, panels, 1, SRC_B_MASKS, SRC_A_MASKS), reference(x, w, 1))
+    with pytest.raises(ValueError, match="phases"):
+        cpu_kernel(x, panels, 2, SRC_B_MASKS, SRC_A_MASKS)
 
 
 # --------------------------------------------------------------------------------------------- CUDA (Triton)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from tunelab.numerics.bf16 import round_bf16
 from tunelab.numerics.bits import as_float32, bits_float, float_bits, flush_denormals, int32_mask
+
+if TYPE_CHECKING:
+    from tunelab.numerics.accumulate_cpu import Panels
 
 FIDELITY_PHASES = {"LoFi": 1, "HiFi2": 2, "HiFi3": 3, "HiFi4": 4}
 SRC_A_MASKS = (0xFFF80000, 0xFFFFC000)  # weights: (hidden + 4 mantissa bits, hidden + 9 mantissa bits)
@@ -64,30 +68,33 @@ def fidelity_matmul(
     else:
         _check_arguments(x, w, phases, accumulation)
     if accumulation == "exact" and not fp32_dest_acc:
-        return _bf16_dst_exact(x, w.all if isinstance(w, SrcA) else w, phases)
+        return _bf16_dst_exact(x, w, phases)
     y = phase_sum(x, w, phases)
     return y if fp32_dest_acc else round_bf16(y)
 
 
-def _bf16_dst_exact(x: torch.Tensor, w: torch.Tensor, phases: int) -> torch.Tensor:
-    """Exact bf16-Dst accumulation through the fused kernel for x's device (batch dims folded into M)."""
+def _bf16_dst_exact(x: torch.Tensor, w: torch.Tensor | SrcA, phases: int) -> torch.Tensor:
+    """Exact bf16-Dst accumulation through the fused kernel for x's device (batch dims folded into M); on CPU a
+    SrcA weight's kernel panels are made once and reused."""
     flat = x.flatten(0, -2)
     if x.device.type == "cuda":  # the kernel reads bf16: no float32 copies of bf16 tensors
         from tunelab.numerics import accumulate_triton
 
-        y = accumulate_triton.bf16_dst_matmul(flat, w, phases)
+        y = accumulate_triton.bf16_dst_matmul(flat, w.all if isinstance(w, SrcA) else w, phases)
     elif x.device.type == "cpu":
         from tunelab.numerics import accumulate_cpu
 
-        y = accumulate_cpu.bf16_dst_matmul(as_float32(flat), as_float32(w), phases, SRC_B_MASKS, SRC_A_MASKS)
+        weights = w.panels(phases) if isinstance(w, SrcA) else as_float32(w)
+        y = accumulate_cpu.bf16_dst_matmul(as_float32(flat), weights, phases, SRC_B_MASKS, SRC_A_MASKS)
     else:
         raise NotImplementedError(f"exact bf16-Dst accumulation has kernels for cpu and cuda, not {x.device}")
     return y.reshape(*x.shape[:-1], w.shape[-1])
 
 
 class SrcA:
-    """Weights prepared once for the FPU's SrcA (denormals flushed, TF32-truncated; the 5-bit high part made on
-    first use), so matmuls that reuse a weight skip re-splitting it. Any `fidelity_matmul` weight may be one."""
+    """Weights prepared once for the FPU's SrcA (denormals flushed, TF32-truncated; the 5-bit high part and the
+    exact CPU kernel's panels made on first use), so matmuls that reuse a weight skip re-splitting it. Any
+    `fidelity_matmul` weight may be one."""
 
     def __init__(self, w: torch.Tensor) -> None:
         if w.dim() < 2 or w.dtype not in FLOAT_DTYPES:
@@ -95,12 +102,22 @@ class SrcA:
         self.all = _operand_part(w, SRC_A_MASKS[1])
         self.shape = self.all.shape
         self._hi: torch.Tensor | None = None
+        self._panels: Panels | None = None
 
     @property
     def hi(self) -> torch.Tensor:
         if self._hi is None:
             self._hi = _operand_part(self.all, SRC_A_MASKS[0])
         return self._hi
+
+    def panels(self, phases: int) -> Panels:
+        """The CPU exact kernel's panels for `phases` (accumulate_cpu.split_weights of `all`), made on first use;
+        LoFi's one-part panels are replaced by two-part ones when more phases come, which serve LoFi too."""
+        from tunelab.numerics import accumulate_cpu
+
+        if self._panels is None or not self._panels.serves(phases):
+            self._panels = accumulate_cpu.split_weights(self.all, phases, SRC_A_MASKS)
+        return self._panels
 
 
 def _operand_part(t: torch.Tensor, mask: int) -> torch.Tensor:
