@@ -15,10 +15,12 @@ from transformers import (
     Qwen3Config,
 )
 
-from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+from tunelab.backends.emulated import EmulatedModel, EmulatorOptions, ops
+from tunelab.backends.emulated.weight_cache import WeightCache
 from tunelab.errors import ConfigError
 from tunelab.model_presets import model_preset
 from tunelab.models import ModelConfig, hf_to_canonical
+from tunelab.numerics import SrcA, quantize
 from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, Precision
 
 TINY = dict(
@@ -80,7 +82,8 @@ def test_full_precision_matches_transformers_fp32(architecture):
 
 
 @pytest.mark.parametrize("accumulation", ["fast", "exact"])
-def test_batched_decode_equals_stepwise_decode(accumulation):
+def test_batched_decode_equals_stepwise_decode(accumulation, monkeypatch):
+    monkeypatch.setattr(ops, "SDPA_ROW_BLOCK", 10)  # several attention blocks in prefill and in decode
     hf, config = tiny_model("Qwen2ForCausalLM")
     tokens = torch.randint(0, TINY["vocab_size"], (80,), generator=torch.Generator().manual_seed(2))
     model = emulator(hf, config, accumulation=accumulation)
@@ -91,6 +94,26 @@ def test_batched_decode_equals_stepwise_decode(accumulation):
     stepwise = model.teacher_forced_stepwise(tokens, 48, mixed)
     assert batched.shape == (32, TINY["vocab_size"])
     assert torch.equal(batched, stepwise)
+
+
+@pytest.mark.parametrize("fidelity", [MathFidelity.LOFI, MathFidelity.HIFI2, MathFidelity.HIFI4])
+@pytest.mark.parametrize("start", [0, 37])
+def test_blocked_attention_equals_whole_attention(fidelity, start):
+    generator = torch.Generator().manual_seed(6)
+    rows, heads, kv, dim = 300, 6, 2, 32
+    q = ops.store(torch.randn(heads, rows, dim, generator=generator), "bf16")
+    k, v = (ops.store(torch.randn(kv, start + rows, dim, generator=generator), "bfp8") for _ in range(2))
+    mask = torch.zeros(rows, start + rows).masked_fill_(
+        torch.arange(start + rows)[None] > torch.arange(rows)[:, None] + start, float("-inf")
+    )
+    kernel, scale = fidelity.kernel, dim**-0.5
+    # The whole computation at once: every query head against all keys, one softmax over full rows.
+    scores = ops.batched_matmul(q.unflatten(0, (kv, -1)).flatten(1, 2), k.transpose(-1, -2), kernel) * scale
+    scores = scores.unflatten(1, (-1, rows)) + mask
+    probabilities = ops.store(torch.softmax(scores, dim=-1), "bf16").flatten(1, 2)
+    whole = ops.batched_matmul(probabilities, v, kernel).reshape(heads, rows, dim)
+    assert rows > 2 * ops.SDPA_ROW_BLOCK
+    assert torch.equal(ops.sdpa(q, k, v, mask, kernel, scale), whole)
 
 
 def test_lower_precision_moves_logits_further():
@@ -140,6 +163,20 @@ def test_changing_one_decoder_requantises_only_its_changed_groups():
     assert model.cache.conversions == 10
     model.decoders(base.with_decoder(1, DecoderPrecision(ff2=Precision.BFP4)))
     assert model.cache.conversions == 11
+
+
+def test_fused_gate_and_up_weights_are_quantised_one_by_one():
+    hf, config = tiny_model("LlamaForCausalLM")
+    weights = hf_to_canonical(hf.state_dict(), config)
+    layer = weights.layers[0]
+    layer.w1, layer.w3 = (
+        torch.randn(128, 24) * 0.05,
+        torch.randn(128, 24),
+    )  # 24 columns: a bfp block straddles
+    cache = WeightCache(weights)
+    fused = cache.get(0, "bfp4", "w1", "w3").all
+    assert torch.equal(fused, torch.cat([cache.get(0, "bfp4", "w1").all, cache.get(0, "bfp4", "w3").all], -1))
+    assert not torch.equal(fused, SrcA(quantize(torch.cat([layer.w1, layer.w3], -1), "bfp4")).all)
 
 
 def test_decoder_count_must_match_the_model():

@@ -15,15 +15,13 @@ from tunelab.precision import Precision
 @dataclass(frozen=True)
 class MLP:
     options: EmulatorOptions
-    w1: Linear
-    w3: Linear
+    w1_w3: Linear  # [w1 | w3]: the gate and up matmuls as one (their columns are independent: same values)
     w2: Linear
     activation: Precision
 
     def __call__(self, x: torch.Tensor, mode: Mode) -> torch.Tensor:
         out_fmt = activation_or(self.activation, "bf16")
-        gate = store(self.w1(x, mode), out_fmt)
-        up = store(self.w3(x, mode), out_fmt)
+        gate, up = (store(y, out_fmt) for y in self.w1_w3(x, mode).chunk(2, dim=-1))
         hidden = silu_mul(gate, up, activation_or(self.activation, "bfp8"))
         minimal = (
             mode == "prefill" and self.options.minimal_matmul_prefill and x.shape[0] > MINIMAL_MATMUL_MIN_SEQ

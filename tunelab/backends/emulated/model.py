@@ -121,8 +121,8 @@ class EmulatedModel:
     def _decoder(self, layer: int, decoder: DecoderPrecision) -> Decoder:
         w, c, accumulation = self.weights.layers[layer], self.config, self.options.accumulation
 
-        def weight(name: str, group: TensorGroup) -> torch.Tensor:
-            return self.cache.get(layer, name, decoder.precision(group).value)
+        def weight(group: TensorGroup, *names: str) -> SrcA:
+            return self.cache.get(layer, decoder.precision(group).value, *names)
 
         def kernels(prefill: OpGroup, decode: OpGroup) -> tuple:
             return decoder.fidelity(prefill).kernel, decoder.fidelity(decode).kernel
@@ -130,17 +130,17 @@ class EmulatedModel:
         def bf16(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else quantize(tensor.to(self.device), "bf16")
 
-        ff1_3 = kernels(OpGroup.LI_FF1_FF3, OpGroup.LI_FF1_FF3)
+        ff1_3 = kernels(OpGroup.LI_FF1_FF3, OpGroup.LI_FF1_FF3)  # w1 and w3 share the FF1_FF3 config
         attention = Attention(
             config=c,
             options=self.options,
             wqkv=Linear(
-                weight("wqkv", TensorGroup.WQKV),
+                weight(TensorGroup.WQKV, "wqkv"),
                 *kernels(OpGroup.LI_QKV_PREFILL, OpGroup.LI_QKV_DECODE),
                 accumulation,
             ),
             wo=Linear(
-                weight("wo", TensorGroup.WO),
+                weight(TensorGroup.WO, "wo"),
                 *kernels(OpGroup.LI_O_PREFILL, OpGroup.LI_O_DECODE),
                 accumulation,
             ),
@@ -153,9 +153,8 @@ class EmulatedModel:
         )
         mlp = MLP(
             options=self.options,
-            w1=Linear(weight("w1", TensorGroup.FF1_FF3), *ff1_3, accumulation),
-            w3=Linear(weight("w3", TensorGroup.FF1_FF3), *ff1_3, accumulation),
-            w2=Linear(weight("w2", TensorGroup.FF2), *kernels(OpGroup.LI_FF2, OpGroup.LI_FF2), accumulation),
+            w1_w3=Linear(weight(TensorGroup.FF1_FF3, "w1", "w3"), *ff1_3, accumulation),
+            w2=Linear(weight(TensorGroup.FF2, "w2"), *kernels(OpGroup.LI_FF2, OpGroup.LI_FF2), accumulation),
             activation=decoder.activation,
         )
         return Decoder(

@@ -22,6 +22,7 @@ from tunelab.precision import KernelConfig, Precision
 
 Mode = Literal["prefill", "decode"]
 Accumulation = Literal["fast", "exact"]
+SDPA_ROW_BLOCK = 128  # query rows per attention block (a CPU cache-sized score tile)
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,28 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 def sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, kernel: KernelConfig, scale: float
 ) -> torch.Tensor:
-    """Scaled dot-product attention: q [h, M, d], k/v [kv, N, d] with q heads h = g * kv grouped per kv head
-    (grouped-query attention, as HF's repeat_kv), mask [M, N] additive -> [h, M, d]."""
-    heads, rows, dim = q.shape
-    grouped = q.reshape(k.shape[0], -1, dim)  # [kv, g * M, d]: the g query heads sharing a kv head, stacked
-    scores = batched_matmul(grouped, k.transpose(-1, -2), kernel) * scale
-    scores = scores.unflatten(1, (-1, rows)) + mask  # [kv, g, M, N]
-    probabilities = store(torch.softmax(scores, dim=-1), "bf16").flatten(1, 2)
-    return batched_matmul(probabilities, v, kernel).reshape(heads, rows, dim)
+    """Scaled dot-product attention: q [h, M, d] for the last M of the N cached positions, k/v [kv, N, d] with
+    q heads h = g * kv grouped per kv head (grouped-query attention, as HF's repeat_kv), mask [M, N] additive
+    -> [h, M, d].
+
+    Query rows run in blocks of SDPA_ROW_BLOCK, so that a block's scores stay in cache, and a block scores only the
+    keys up to its last row's position (the rest are masked for all its rows). P @ V still runs over all N keys,
+    the skipped ones with probability 0: the matmul library's fp32 summation order may depend on the number of
+    keys, and this way every row gets the same bits as in one unblocked pass.
+    """
+    heads, rows, _ = q.shape
+    groups, start = heads // k.shape[0], k.shape[1] - rows
+    grouped = q.unflatten(0, (-1, groups))  # [kv, g, M, d]: the g query heads sharing a kv head
+    out = torch.empty_like(grouped)
+    probabilities = q.new_zeros(k.shape[0], groups * min(rows, SDPA_ROW_BLOCK), k.shape[1])
+    for first in range(0, rows, SDPA_ROW_BLOCK):
+        last = min(rows, first + SDPA_ROW_BLOCK)
+        keys, block_rows = start + last, groups * (last - first)
+        block = grouped[:, :, first:last].flatten(1, 2)  # [kv, g * m, d]
+        scores = batched_matmul(block, k[:, :keys].transpose(-1, -2), kernel).mul_(scale)
+        scores = scores.unflatten(1, (groups, -1)).add_(mask[first:last, :keys])  # [kv, g, m, keys]
+        # keys only grow from block to block: the columns past `keys` are still zero
+        probabilities[:, :block_rows, :keys] = store(torch.softmax(scores, dim=-1), "bf16").flatten(1, 2)
+        values = batched_matmul(probabilities[:, :block_rows], v, kernel)
+        out[:, :, first:last] = values.unflatten(1, (groups, -1))
+    return out.flatten(0, 1)

@@ -29,18 +29,20 @@ class WeightCache:
         self.weights = weights
         self.device = device or torch.device("cpu")
         self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[tuple[int, str, str], SrcA] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, tuple[str, ...], str], SrcA] = OrderedDict()
         self._bytes = 0
         self.conversions = 0
 
-    def get(self, layer: int, name: str, fmt: str) -> SrcA:
-        """Layer `layer`'s `name` tensor (wqkv, wo, w1, w2, w3) as stored in `fmt`, prepared for SrcA."""
-        key = (layer, name, fmt)
+    def get(self, layer: int, fmt: str, *names: str) -> SrcA:
+        """Layer `layer`'s `names` tensors (wqkv, wo, w1, w2, w3) as stored in `fmt`, side by side along the
+        output dimension (each quantised on its own, as ttnn stores them), prepared for SrcA."""
+        key = (layer, names, fmt)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        weight = SrcA(quantize(getattr(self.weights.layers[layer], name).to(self.device), fmt))
-        self.conversions += 1
+        tensors = [quantize(getattr(self.weights.layers[layer], name).to(self.device), fmt) for name in names]
+        weight = SrcA(torch.cat(tensors, dim=-1) if len(tensors) > 1 else tensors[0])
+        self.conversions += len(names)
         self._entries[key] = weight
         self._bytes += _nbytes(weight)
         while self._bytes > self.budget_bytes and len(self._entries) > 1:
@@ -50,5 +52,6 @@ class WeightCache:
 
 
 def _nbytes(weight: SrcA) -> int:
-    """Bytes held for a weight (its high part, made for LoFi/HiFi3 on first use, is counted as if present)."""
-    return 2 * weight.all.numel() * weight.all.element_size()
+    """Bytes a weight can come to hold: all + hi 8 per element, CPU exact panels + bounds < 5 (K, N padded)."""
+    k, n = weight.shape
+    return 8 * k * n + 5 * (-(-k // 32) * 32) * (-(-n // 64) * 64)
