@@ -13,6 +13,7 @@ from tunelab.model_presets import model_preset
 from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, Precision
 
 PREFILL, LENGTH = 128, 384
+LOGIT_TOLERANCE = 0.035
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,20 @@ def uniform(weights: Precision, fidelity: MathFidelity) -> ModelPrecision:
 
 
 def test_full_precision_tracks_transformers_as_closely_as_its_own_bf16_forward(smollm2, window, emulator):
-    """All-BF16/HIFI4_FP32 vs the fp32 forward: logits within 5% of the largest |logit|, and top-1 agreement
-    within 3 points of transformers' own bf16 forward (bf16 rounding alone already flips near-ties: ~97%)."""
+    """All-BF16/HIFI4_FP32 vs the fp32 forward on 256 positions, the per-architecture check of test_emulator:
+    logits within LOGIT_TOLERANCE of the largest |logit| (measured 1.6-2.9% on three documents), and argmax
+    agreement >= 99.9% wherever the fp32 top-1 leads by more than twice the measured error (measured: 100%, on
+    16-42% of the positions).
+    Over all positions, top-1 agreement within 3 points of transformers' own bf16 forward: bf16 rounding alone
+    already flips the near-ties (~96-97%), so no bf16 computation reaches 99.9% there."""
     tokens, reference = window
     logits = emulator.teacher_forced(tokens, PREFILL, model_preset("bf16", smollm2.config.name, 30))
-    assert (logits - reference).abs().max() <= 0.05 * reference.abs().max()
+    error = (logits - reference).abs().max()
+    assert error <= LOGIT_TOLERANCE * reference.abs().max()
+    top2 = reference.topk(2).values
+    decisive = (top2[:, 0] - top2[:, 1]) > 2 * error
+    assert decisive.float().mean() >= 0.15
+    assert (logits.argmax(-1) == reference.argmax(-1))[decisive].float().mean() >= 0.999
     bf16_model = copy.deepcopy(smollm2.hf_model).to(torch.bfloat16)
     with torch.no_grad():
         bf16_logits = bf16_model(tokens[None]).logits[0, PREFILL:].float()
