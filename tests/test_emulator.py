@@ -48,10 +48,11 @@ ARCHITECTURES = {
 LOGIT_TOLERANCE = 0.025
 
 
-def tiny_model(architecture: str, seed: int = 0) -> tuple[torch.nn.Module, ModelConfig]:
+def tiny_model(architecture: str, seed: int = 0, **overrides) -> tuple[torch.nn.Module, ModelConfig]:
     config_class, extra = ARCHITECTURES[architecture]
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config_class(architectures=[architecture], **TINY, **extra)).eval()
+    fields = {**TINY, **extra, **overrides}
+    hf = AutoModelForCausalLM.from_config(config_class(architectures=[architecture], **fields)).eval()
     with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
         for name, parameter in hf.named_parameters():
             if "norm" in name or "bias" in name:
@@ -83,22 +84,30 @@ def test_full_precision_matches_transformers_fp32(architecture):
 
 @pytest.mark.parametrize("accumulation", ["fast", "exact"])
 def test_batched_decode_equals_stepwise_decode(accumulation, monkeypatch):
-    monkeypatch.setattr(ops, "SDPA_ROW_BLOCK", 10)  # several attention blocks in prefill and in decode
-    hf, config = tiny_model("Qwen2ForCausalLM")
-    tokens = torch.randint(0, TINY["vocab_size"], (80,), generator=torch.Generator().manual_seed(2))
+    """Bit for bit, at sizes where the matmul library's summation order depends on the shape (1-3 rows, the
+    number of keys): 3 query heads per kv head, 64 decode positions over 160-224 keys."""
+    monkeypatch.setattr(ops, "SDPA_ROW_BLOCK", 24)  # several attention blocks in prefill and in decode
+    hf, config = tiny_model(
+        "Qwen2ForCausalLM",
+        hidden_size=384,
+        intermediate_size=1024,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+    )
+    tokens = torch.randint(0, TINY["vocab_size"], (224,), generator=torch.Generator().manual_seed(2))
     model = emulator(hf, config, accumulation=accumulation)
     mixed = model_preset("performance", "tiny", 2).with_decoder(
         1, DecoderPrecision(kv_cache=Precision.BFP4, activation=Precision.BFP8, sdpa_decode=MathFidelity.LOFI)
     )
-    batched = model.teacher_forced(tokens, 48, mixed)
-    stepwise = model.teacher_forced_stepwise(tokens, 48, mixed)
-    assert batched.shape == (32, TINY["vocab_size"])
+    batched = model.teacher_forced(tokens, 160, mixed)
+    stepwise = model.teacher_forced_stepwise(tokens, 160, mixed)
+    assert batched.shape == (64, TINY["vocab_size"])
     assert torch.equal(batched, stepwise)
 
 
 @pytest.mark.parametrize("fidelity", [MathFidelity.LOFI, MathFidelity.HIFI2, MathFidelity.HIFI4])
 @pytest.mark.parametrize("start", [0, 37])
-def test_blocked_attention_equals_whole_attention(fidelity, start):
+def test_attention_rows_do_not_depend_on_the_rows_computed_with_them(fidelity, start):
     generator = torch.Generator().manual_seed(6)
     rows, heads, kv, dim = 300, 6, 2, 32
     q = ops.store(torch.randn(heads, rows, dim, generator=generator), "bf16")
@@ -107,13 +116,16 @@ def test_blocked_attention_equals_whole_attention(fidelity, start):
         torch.arange(start + rows)[None] > torch.arange(rows)[:, None] + start, float("-inf")
     )
     kernel, scale = fidelity.kernel, dim**-0.5
-    # The whole computation at once: every query head against all keys, one softmax over full rows.
-    scores = ops.batched_matmul(q.unflatten(0, (kv, -1)).flatten(1, 2), k.transpose(-1, -2), kernel) * scale
-    scores = scores.unflatten(1, (-1, rows)) + mask
-    probabilities = ops.store(torch.softmax(scores, dim=-1), "bf16").flatten(1, 2)
-    whole = ops.batched_matmul(probabilities, v, kernel).reshape(heads, rows, dim)
     assert rows > 2 * ops.SDPA_ROW_BLOCK
-    assert torch.equal(ops.sdpa(q, k, v, mask, kernel, scale), whole)
+    together = ops.sdpa(q, k, v, mask, kernel, scale, start)
+    alone = [ops.sdpa(q[:, i : i + 1], k, v, mask[i : i + 1], kernel, scale, start + i) for i in range(rows)]
+    assert torch.equal(together, torch.cat(alone, dim=1))
+    # ... and it is attention: the whole computation in one piece differs only by fp32 summation order
+    scores = ops.batched_matmul(q.unflatten(0, (kv, -1)).flatten(1, 2), k.mT, kernel) * scale
+    probabilities = ops.store(torch.softmax(scores.unflatten(1, (-1, rows)) + mask, dim=-1), "bf16")
+    whole = ops.batched_matmul(probabilities.flatten(1, 2), v, kernel).reshape(heads, rows, dim)
+    assert (together - whole).abs().max() <= 0.01 * whole.abs().max()
+    assert (together == whole).float().mean() >= 0.9
 
 
 def test_lower_precision_moves_logits_further():

@@ -47,11 +47,12 @@ class Attention:
         if self.q_norm is not None:
             q, k = rms_norm(q, self.q_norm, c.norm_eps), rms_norm(k, self.k_norm, c.norm_eps)
         q, k = rotary(q, positions.cos, positions.sin), rotary(k, positions.cos, positions.sin)
-        keys, values = cache.write(k, v, positions.start)
+        cache.write(k, v, positions.start)
+        keys, values = cache.read(positions.mask.shape[-1])
         if mode == "prefill":
             q = store(q, activation_or(self.activation, "bfp8"))
         kernel = self.sdpa_prefill if mode == "prefill" else self.sdpa_decode
-        out = sdpa(q, keys, values, positions.mask, kernel, c.head_dim**-0.5)
+        out = sdpa(q, keys, values, positions.mask, kernel, c.head_dim**-0.5, positions.start)
         out = store(out, activation_or(self.activation, "bfp8") if mode == "prefill" else "bf16")
         out = out.transpose(0, 1).flatten(1)  # nlp_concat_heads: [S, h * d]
         wo_format = activation_or(self.activation, "bfp8") if mode == "prefill" else "bf16"
@@ -70,12 +71,13 @@ class Positions:
     start: int
     cos: torch.Tensor  # [S, head_dim]
     sin: torch.Tensor
-    mask: torch.Tensor  # [S, start + S] additive: row i sees cache positions 0..start+i
+    mask: torch.Tensor  # [S, keys] additive: row i sees cache positions 0..start+i
 
     @classmethod
-    def of(cls, start: int, seq: int, rope: tuple[torch.Tensor, torch.Tensor]) -> Positions:
+    def of(cls, start: int, seq: int, rope: tuple[torch.Tensor, torch.Tensor], keys: int) -> Positions:
+        """Positions start..start+seq-1, attending over the first `keys` cache positions (>= start + seq)."""
         cos, sin = (table[start : start + seq] for table in rope)
         rows = torch.arange(seq, device=cos.device)[:, None] + start
-        cols = torch.arange(start + seq, device=cos.device)[None, :]
-        mask = torch.zeros(seq, start + seq, device=cos.device).masked_fill_(cols > rows, float("-inf"))
+        cols = torch.arange(keys, device=cos.device)[None, :]
+        mask = torch.zeros(seq, keys, device=cos.device).masked_fill_(cols > rows, float("-inf"))
         return cls(start, cos, sin, mask)

@@ -107,7 +107,10 @@ class EmulatedModel:
         start: int,
     ) -> torch.Tensor:
         x = self.embedding[tokens.to(self.device)]
-        positions = Positions.of(start, len(tokens), rope)
+        # Decode rows may read the whole window's cache (unwritten positions are zero and masked): sdpa picks
+        # the keys per block of positions, the same for one decode step as for a batch of them.
+        keys = start + len(tokens) if mode == "prefill" else len(rope[0])
+        positions = Positions.of(start, len(tokens), rope, keys)
         for decoder, cache in zip(decoders, caches, strict=True):
             x = decoder(x, mode, positions, cache)
         return x

@@ -58,7 +58,7 @@ def linear(x: torch.Tensor, weight: SrcA, kernel: KernelConfig, accumulation: Ac
     )
 
 
-def batched_matmul(x: torch.Tensor, w: torch.Tensor, kernel: KernelConfig) -> torch.Tensor:
+def batched_matmul(x: torch.Tensor, w: torch.Tensor | SrcA, kernel: KernelConfig) -> torch.Tensor:
     """A batched fidelity matmul (x [..., M, K] on SrcB, w [..., K, N] on SrcA), one rounding at the output."""
     y = phase_sum(x, w, kernel.phases)
     return y if kernel.fp32_dest_acc_en else round_bf16(y)
@@ -87,30 +87,37 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, kernel: KernelConfig, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    kernel: KernelConfig,
+    scale: float,
+    start: int,
 ) -> torch.Tensor:
-    """Scaled dot-product attention: q [h, M, d] for the last M of the N cached positions, k/v [kv, N, d] with
-    q heads h = g * kv grouped per kv head (grouped-query attention, as HF's repeat_kv), mask [M, N] additive
+    """Scaled dot-product attention: q [h, M, d] at positions start..start+M-1, k/v [kv, N, d] with q heads
+    h = g * kv grouped per kv head (grouped-query attention, as HF's repeat_kv), causal mask [M, N] of 0 / -inf
     -> [h, M, d].
 
-    Query rows run in blocks of SDPA_ROW_BLOCK, so that a block's scores stay in cache, and a block scores only the
-    keys up to its last row's position (the rest are masked for all its rows). P @ V still runs over all N keys,
-    the skipped ones with probability 0: the matmul library's fp32 summation order may depend on the number of
-    keys, and this way every row gets the same bits as in one unblocked pass.
+    Query rows run in blocks of the SDPA_ROW_BLOCK positions between multiples of SDPA_ROW_BLOCK, so that a
+    block's scores stay in cache, and a block reads the keys up to the next multiple (all of them masked for
+    positions past its rows). A position's block, and so the length of its softmax and P @ V reductions, is the
+    same whether it is computed alone or with others: its bits do not depend on the rows computed with it (a
+    library kernel's reduction order may depend on the length).
     """
     heads, rows, _ = q.shape
-    groups, start = heads // k.shape[0], k.shape[1] - rows
+    groups = heads // k.shape[0]
     grouped = q.unflatten(0, (-1, groups))  # [kv, g, M, d]: the g query heads sharing a kv head
     out = torch.empty_like(grouped)
-    probabilities = q.new_zeros(k.shape[0], groups * min(rows, SDPA_ROW_BLOCK), k.shape[1])
-    for first in range(0, rows, SDPA_ROW_BLOCK):
-        last = min(rows, first + SDPA_ROW_BLOCK)
-        keys, block_rows = start + last, groups * (last - first)
+    first = 0
+    while first < rows:
+        boundary = ((start + first) // SDPA_ROW_BLOCK + 1) * SDPA_ROW_BLOCK
+        last, keys = min(rows, boundary - start), min(k.shape[1], boundary)
         block = grouped[:, :, first:last].flatten(1, 2)  # [kv, g * m, d]
-        scores = batched_matmul(block, k[:, :keys].transpose(-1, -2), kernel).mul_(scale)
-        scores = scores.unflatten(1, (groups, -1)).add_(mask[first:last, :keys])  # [kv, g, m, keys]
-        # keys only grow from block to block: the columns past `keys` are still zero
-        probabilities[:, :block_rows, :keys] = store(torch.softmax(scores, dim=-1), "bf16").flatten(1, 2)
-        values = batched_matmul(probabilities[:, :block_rows], v, kernel)
-        out[:, :, first:last] = values.unflatten(1, (groups, -1))
+        scores = batched_matmul(block, k[:, :keys].mT, kernel)
+        # mask + scale * scores == scores * scale + mask for a 0 / -inf mask, whether or not the add is fused
+        scores = torch.add(mask[first:last, :keys], scores.unflatten(1, (groups, -1)), alpha=scale)
+        probabilities = store(torch.softmax(scores, dim=-1), "bf16").flatten(1, 2)
+        out[:, :, first:last] = batched_matmul(probabilities, v[:, :keys], kernel).unflatten(1, (groups, -1))
+        first = last
     return out.flatten(0, 1)
