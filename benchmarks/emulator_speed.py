@@ -1,7 +1,8 @@
 """Emulator speed and memory, measured side by side in one run.
 
 CPU: SmolLM2-135M teacher-forced 512 + 511 (performance preset, fast and exact accumulation) against a plain
-transformers fp32 forward of the same 1024 tokens. CUDA (when present): a random-weight Llama-3.1-8B-shaped model,
+transformers fp32 forward of the same 1024 tokens. The runs take turns, round after round, and each ratio is the
+median over rounds of the per-round ratio, so a slow phase of a shared machine weighs on both sides alike. CUDA (when present): a random-weight Llama-3.1-8B-shaped model,
 the same protocol, against transformers' bf16 forward.
 
     python benchmarks/emulator_speed.py [--skip-cpu] [--skip-cuda] [--layers N] [--repeats R]
@@ -12,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from timing import median_seconds
 
 from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
 from tunelab.model_presets import model_preset
@@ -27,43 +29,60 @@ TARGETS = {"cpu fast": 1.5, "cpu exact": 3.0, "cuda exact": 3.0}
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "tunelab" / "eval" / "data" / "model_configs.json"
 
 
-def report(label: str, seconds: float, baseline: float) -> None:
-    ratio = seconds / baseline
+def report(label: str, seconds: float, ratio: float) -> None:
     target = TARGETS.get(label)
     verdict = "" if target is None else f"  (target <= {target}: {'met' if ratio <= target else 'NOT met'})"
     print(f"  {label:<12} {seconds * 1000:10.1f} ms  {ratio:6.2f} x plain{verdict}")
 
 
-def emulated_runs(
-    config: ModelConfig,
-    weights,
-    rotary_emb: torch.nn.Module,
-    device: torch.device,
-    tokens,
-    repeats: int,
-    profile: bool = False,
-) -> dict[str, float]:
-    # Room for every quantised weight, so the timings measure forwards, not re-quantisation after evictions.
-    """Median seconds of the performance preset's teacher-forced window, per accumulation mode."""
-    precision = model_preset("performance", config.name, config.n_layers)
-    times = {}
-    for accumulation in ("fast", "exact"):
-        emulator = EmulatedModel(
-            config,
-            weights,
-            rotary_emb,
-            EmulatorOptions(accumulation),
-            device,
-            cache_budget_bytes=96 * 1024**3,
-        )
-        times[accumulation] = median_seconds(
-            lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision), device, repeats
-        )
-        if profile:
-            print_profile(
-                lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision), device
-            )
+def side_by_side(
+    runs: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, list]:
+    """Seconds of each run per round, the runs taking turns within a round (after one warm-up round), so that
+    a slow phase of a shared machine hits them alike."""
+
+    def timed(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for fn in runs.values():
+        fn()
+    times: dict[str, list] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, fn in runs.items():
+            times[label].append(timed(fn))
     return times
+
+
+def emulated_runs(
+    config: ModelConfig, weights, rotary_emb: torch.nn.Module, device: torch.device, tokens
+) -> dict[str, Callable[[], object]]:
+    """The performance preset's teacher-forced window, per accumulation mode."""
+    precision = model_preset("performance", config.name, config.n_layers)
+    # Room for every quantised weight, so the timings measure forwards, not re-quantisation after evictions;
+    # both modes share one weight cache, as one process evaluating both would.
+    fast = EmulatedModel(
+        config, weights, rotary_emb, EmulatorOptions("fast"), device, cache_budget_bytes=96 * 1024**3
+    )
+    runs = {}
+    for emulator in (fast, fast.with_options(EmulatorOptions("exact"))):
+        label = emulator.options.accumulation
+        runs[label] = lambda e=emulator: e.teacher_forced(tokens[: WINDOW - 1], PREFILL, precision)
+    return runs
+
+
+def print_results(times: dict[str, list], device_label: str) -> None:
+    """Median time per run, and the median over rounds of each emulated run's ratio to the plain one."""
+    plain = times.pop("plain")
+    print(f"  {'plain':<12} {statistics.median(plain) * 1000:10.1f} ms")
+    for label, seconds in times.items():
+        ratios = [s / p for s, p in zip(seconds, plain, strict=True)]
+        report(f"{device_label} {label}", statistics.median(seconds), statistics.median(ratios))
 
 
 def print_profile(fn: Callable[[], object], device: torch.device) -> None:
@@ -85,17 +104,18 @@ def cpu_benchmark(layers: int | None, repeats: int, profile: bool) -> None:
     loaded = load_model("smollm2-135m", n_layers=layers)
     tokens = torch.randint(0, loaded.config.vocab_size, (WINDOW,), generator=torch.Generator().manual_seed(0))
     device = torch.device("cpu")
+    emulated = emulated_runs(loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, device, tokens)
     with torch.no_grad():
-        plain = median_seconds(lambda: loaded.hf_model(tokens[None]), device, repeats)
-    times = emulated_runs(
-        loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, device, tokens, repeats, profile
-    )
+        times = side_by_side({"plain": lambda: loaded.hf_model(tokens[None]), **emulated}, device, repeats)
     print(f"CPU ({torch.get_num_threads()} threads), {loaded.config.name}, {loaded.config.n_layers} layers")
-    print(f"  {'plain fp32':<12} {plain * 1000:10.1f} ms")
-    report("cpu fast", times["fast"], plain)
-    report("cpu exact", times["exact"], plain)
+    print("  plain = transformers fp32 forward")
+    print_results(times, "cpu")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"  peak RSS {peak_gb:.2f} GB (target <= 3 GB: {'met' if peak_gb <= 3 else 'NOT met'})")
+    if profile:
+        for label, fn in emulated.items():
+            print(f"profile, {label}:")
+            print_profile(fn, device)
 
 
 def cuda_benchmark(layers: int | None, repeats: int, profile: bool) -> None:
@@ -115,16 +135,19 @@ def cuda_benchmark(layers: int | None, repeats: int, profile: bool) -> None:
     config = ModelConfig.from_hf(hf_config, "Llama-3.1-8B-Instruct")
     weights = hf_to_canonical(hf.state_dict(), config)
     tokens = torch.randint(0, config.vocab_size, (WINDOW,), device=device)
+    emulated = emulated_runs(config, weights, hf.model.rotary_emb, device, tokens.cpu())
     with torch.no_grad():
-        plain = median_seconds(lambda: hf(tokens[None]), device, repeats)
-    times = emulated_runs(config, weights, hf.model.rotary_emb, device, tokens.cpu(), repeats, profile)
+        times = side_by_side({"plain": lambda: hf(tokens[None]), **emulated}, device, repeats)
     print(
         f"CUDA ({torch.cuda.get_device_name()}), Llama-3.1-8B shape, {config.n_layers} layers, random weights"
     )
-    print(f"  {'plain bf16':<12} {plain * 1000:10.1f} ms")
-    report("cuda fast", times["fast"], plain)
-    report("cuda exact", times["exact"], plain)
+    print("  plain = transformers bf16 forward")
+    print_results(times, "cuda")
     print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 1024**3:.1f} GB")
+    if profile:
+        for label, fn in emulated.items():
+            print(f"profile, {label}:")
+            print_profile(fn, device)
 
 
 def main() -> None:
@@ -134,7 +157,7 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, default=None, help="keep only the first N decoders (quick checks)"
     )
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of plain / fast / exact runs")
     parser.add_argument(
         "--profile", action="store_true", help="also print the costliest ops of one pass per mode"
     )

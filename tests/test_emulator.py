@@ -177,6 +177,24 @@ def test_changing_one_decoder_requantises_only_its_changed_groups():
     assert model.cache.conversions == 11
 
 
+def test_other_options_share_the_weight_cache():
+    hf, config = tiny_model("LlamaForCausalLM")
+    tokens = torch.randint(0, TINY["vocab_size"], (48,), generator=torch.Generator().manual_seed(7))
+    precision = model_preset("performance", "tiny", 2)
+    fast = emulator(hf, config)
+    fast.teacher_forced(tokens, 32, precision)
+    exact = fast.with_options(EmulatorOptions("exact", lm_head_format="bf16"))
+    got = exact.teacher_forced(tokens, 32, precision)
+    assert exact.cache is fast.cache and fast.cache.conversions == 10  # nothing quantised again
+    assert torch.equal(
+        got,
+        emulator(hf, config, accumulation="exact", lm_head_format="bf16").teacher_forced(
+            tokens, 32, precision
+        ),
+    )
+    assert fast.options.accumulation == "fast" and fast.lm_head is not exact.lm_head
+
+
 def test_fused_gate_and_up_weights_are_quantised_one_by_one():
     hf, config = tiny_model("LlamaForCausalLM")
     weights = hf_to_canonical(hf.state_dict(), config)

@@ -8,6 +8,8 @@ cache up to its own position. `teacher_forced_stepwise` runs the decode rows one
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from tunelab.backends.emulated.attention import Attention, Positions
@@ -51,6 +53,14 @@ class EmulatedModel:
         self.embedding = quantize(weights.embedding.to(self.device), "bf16")
         self.norm = quantize(weights.norm.to(self.device), "bf16")
         self.lm_head = SrcA(quantize(weights.lm_head.to(self.device), self.options.lm_head_format))
+
+    def with_options(self, options: EmulatorOptions) -> EmulatedModel:
+        """The same checkpoint emulated under other options, sharing this model's quantised-weight cache."""
+        other = copy.copy(self)
+        other.options = options
+        if options.lm_head_format != self.options.lm_head_format:
+            other.lm_head = SrcA(quantize(self.weights.lm_head.to(self.device), options.lm_head_format))
+        return other
 
     def decoders(self, precision: ModelPrecision) -> list[Decoder]:
         """The decoder layers configured by `precision` (weights come from the quantisation cache)."""
