@@ -309,6 +309,12 @@ def split_weights(w: torch.Tensor, phases: int, masks: tuple[int, int]) -> Panel
     return Panels(halves, bounds, k, n, masks)
 
 
+def panel_bytes(k: int, n: int) -> int:
+    """An upper bound on the bytes `split_weights` of a [K, N] weight holds: 4 per padded element for two uint16
+    halves, under 1 more for the per-(panel, face) bounds."""
+    return 5 * _k_pad(k) * (-(-n // COLS) * COLS)
+
+
 def bf16_dst_matmul(
     x: torch.Tensor, w: torch.Tensor | Panels, phases: int, x_masks: tuple[int, int], w_masks: tuple[int, int]
 ) -> torch.Tensor:

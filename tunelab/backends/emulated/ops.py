@@ -22,7 +22,7 @@ from tunelab.precision import KernelConfig, Precision
 
 Mode = Literal["prefill", "decode"]
 Accumulation = Literal["fast", "exact"]
-SDPA_ROW_BLOCK = 128  # query rows per attention block (a CPU cache-sized score tile)
+SDPA_ROW_BLOCK = 128  # attention blocks run between multiples of this position (cache-sized score tiles)
 
 
 @dataclass(frozen=True)

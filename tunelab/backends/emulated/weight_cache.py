@@ -11,6 +11,7 @@ import torch
 
 from tunelab.models.weights import ModelWeights
 from tunelab.numerics import SrcA, quantize
+from tunelab.numerics.accumulate_cpu import panel_bytes
 
 __all__ = ["WeightCache"]
 
@@ -52,6 +53,6 @@ class WeightCache:
 
 
 def _nbytes(weight: SrcA) -> int:
-    """Bytes a weight can come to hold: all + hi 8 per element, CPU exact panels + bounds < 5 (K, N padded)."""
+    """Bytes a weight can come to hold: all + hi (8 per element) and the CPU exact kernel's panels."""
     k, n = weight.shape
-    return 8 * k * n + 5 * (-(-k // 32) * 32) * (-(-n // 64) * 64)
+    return 8 * k * n + panel_bytes(k, n)
