@@ -41,7 +41,7 @@ demo: venv
 			-o $(DEMO_DIR)/smollm2-135m_$$preset.json && \
 		$(BIN)/tunelab eval --model smollm2-135m --config $(DEMO_DIR)/smollm2-135m_$$preset.json \
 			--windows $(DEMO_WINDOWS) && \
-		$(BIN)/tunelab perf predict --model HuggingFaceTB/SmolLM2-135M-Instruct --device N150 \
+		$(BIN)/tunelab perf predict --model HuggingFaceTB/SmolLM2-135M-Instruct --mesh-device N150 \
 			--config $(DEMO_DIR)/smollm2-135m_$$preset.json || exit 1; \
 	done
 	$(BIN)/tunelab run --model smollm2-135m --preset performance

@@ -26,7 +26,7 @@ from tunelab.models import ModelConfig, hf_to_canonical
 
 WINDOW, PREFILL = 1024, 512
 TARGETS = {"cpu fast": 1.5, "cpu exact": 3.0, "cuda exact": 3.0}
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "tunelab" / "eval" / "data" / "model_configs.json"
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "tunelab" / "models" / "data" / "model_configs.json"
 
 
 def report(label: str, seconds: float, ratio: float) -> None:

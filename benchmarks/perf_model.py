@@ -10,10 +10,10 @@ vary) for Llama-3.1-8B on N150.
 import argparse
 from pathlib import Path
 
-from tunelab.eval.devices import device
-from tunelab.eval.perf_calibration import cross_validate, fit, load_calibration, summary
-from tunelab.eval.shapes import model_shape
-from tunelab.eval.throughput import predict
+from tunelab.models.shapes import model_shape
+from tunelab.perf.calibration import cross_validate, fit, load_calibration, summary
+from tunelab.perf.devices import device
+from tunelab.perf.throughput import predict
 from tunelab.precision import DecoderPrecision, ModelPrecision, Precision
 
 TARGET_MEDIAN, TARGET_MAX = 5.0, 15.0

@@ -34,9 +34,9 @@ def test_convert_performance_preset_for_llama_8b(tmp_path):
 
 def test_uniform_config_round_trips_json_optimizations_json(tmp_path):
     first = tmp_path / "a.json"
-    result = tunelab("config", "convert", "--json", str(CONFIGURATIONS / "conf0.json"), "-o", str(first))
+    result = tunelab("config", "convert", "--config", str(CONFIGURATIONS / "conf0.json"), "-o", str(first))
     assert result.returncode == 0, result.stderr
-    text = tunelab("config", "convert", "--json", str(first), "--to", "optimizations")
+    text = tunelab("config", "convert", "--config", str(first), "--to", "optimizations")
     assert text.returncode == 0 and text.stdout.startswith("precision_cfg = {ff1_3: bfp8")
     second = tmp_path / "b.json"
     result = tunelab(
@@ -48,7 +48,7 @@ def test_uniform_config_round_trips_json_optimizations_json(tmp_path):
 
 def test_non_uniform_config_refuses_optimizations_output():
     result = tunelab(
-        "config", "convert", "--json", str(CONFIGURATIONS / "conf1.json"), "--to", "optimizations"
+        "config", "convert", "--config", str(CONFIGURATIONS / "conf1.json"), "--to", "optimizations"
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -89,7 +89,14 @@ def test_validate_reports_layer_mismatch(tmp_path):
     [
         (["--preset", "performance"], "error: --preset needs --layers"),
         (["--preset", "turbo", "--layers", "2"], "error: unknown preset 'turbo'"),
-        (["--layers", "2"], "error: give exactly one source"),
+        (
+            ["--layers", "2"],
+            "error: give exactly one config: --config FILE, --preset NAME or --optimizations",
+        ),
+        (
+            ["--preset", "accuracy", "--config", str(CONFIGURATIONS / "conf0.json"), "--layers", "16"],
+            "error: give exactly one config",
+        ),
         (
             ["--optimizations", "precision_cfg = {wo: bfp4}", "--layers", "2"],
             "error: --optimizations: fidelity_cfg is",
@@ -100,6 +107,16 @@ def test_validate_reports_layer_mismatch(tmp_path):
 def test_convert_errors(args, message):
     result = tunelab("config", "convert", *args)
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+
+
+def test_json_file_is_a_deprecated_spelling_of_config(tmp_path):
+    conf0 = CONFIGURATIONS / "conf0.json"
+    old = tunelab("config", "convert", "--json", str(conf0), "--to", "optimizations")
+    new = tunelab("config", "convert", "--config", str(conf0), "--to", "optimizations")
+    assert old.returncode == new.returncode == 0 and old.stdout == new.stdout
+    assert old.stderr == f"warning: --json {conf0} is deprecated; use --config {conf0}\n"
+    assert new.stderr == ""
+    assert "--json" not in tunelab("config", "convert", "--help").stdout  # hidden
 
 
 def test_show_prints_a_row_per_decoder():

@@ -9,8 +9,11 @@ import tiny_lm
 from typer.testing import CliRunner
 
 from tunelab.cli import app, main
+from tunelab.interop import write_decoder_config
+from tunelab.model_presets import model_preset
 
 SMALL = ["--windows", "2", "--window-len", "64", "--prefill", "32"]
+ONE_CONFIG = "error: give exactly one config: --config FILE, --preset NAME or --optimizations '...'\n"
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +117,16 @@ def test_refpt_export_import_and_eval(model_dir, refs, tmp_path):
     assert direct.exit_code == 0 and "n/a" in direct.stdout
 
 
-def test_eval_errors_are_one_line(model_dir, refs, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "eval", "--model", model_dir, *refs)
-    assert code == 2 and "give exactly one config" in err and err.count("\n") == 1
+def test_eval_errors_are_one_line(model_dir, refs, monkeypatch, capsys, tmp_path):
+    config = tmp_path / "bf16.json"
+    write_decoder_config(model_preset("bf16", "tiny-llama", 2), config)
+    for sources in (
+        [],
+        ["--preset", "bf16", "--config", config],
+        ["--preset", "bf16", "--optimizations", "x"],
+    ):
+        code, out, err = run_main(monkeypatch, capsys, "eval", "--model", model_dir, *refs, *sources)
+        assert (code, out, err) == (2, "", ONE_CONFIG), sources
     code, _, err = run_main(
         monkeypatch, capsys, "eval", "--model", model_dir, "--preset", "bf16", "--accumulation", "slow"
     )
@@ -125,3 +135,18 @@ def test_eval_errors_are_one_line(model_dir, refs, monkeypatch, capsys):
         monkeypatch, capsys, "reference", "build", "--model", model_dir, "--corpus", "nope"
     )
     assert code == 2 and "unknown corpus 'nope'" in err
+
+
+def test_run_takes_config_and_the_deprecated_json_file(model_dir, tmp_path, monkeypatch, capsys):
+    config = tmp_path / "bf16.json"
+    write_decoder_config(model_preset("bf16", "tiny-llama", 2), config)
+    text = ("--text", "The lighthouse keeper climbed the stairs and lit the lamp", "--prefill", "4")
+    code, new, err = run_main(monkeypatch, capsys, "run", "--model", model_dir, "--config", config, *text)
+    assert code == 0 and "emulated bf16.json" in new and "warning" not in err
+    code, old, err = run_main(monkeypatch, capsys, "run", "--model", model_dir, "--json", config, *text)
+    assert code == 0 and old == new
+    assert err == f"warning: --json {config} is deprecated; use --config {config}\n"
+    code, out, err = run_main(
+        monkeypatch, capsys, "run", "--model", model_dir, "--json", config, "--config", config, *text
+    )
+    assert (code, out, err) == (2, "", ONE_CONFIG)

@@ -3,7 +3,7 @@
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.eval.devices import DEVICES, device
+from tunelab.perf.devices import DEVICES, device
 
 
 def test_catalog_has_every_device_tt_transformers_names():

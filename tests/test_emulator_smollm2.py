@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+from tunelab.backends.emulated import EmulatorOptions, emulator_for
 from tunelab.eval.corpus import builtin_documents
 from tunelab.model_presets import model_preset
 from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, Precision
@@ -30,7 +30,7 @@ def emulator(smollm2):
     """The decoder configs under test do not govern the LM head; a bf16 one (tt-transformers' `lm_head_dtype`)
     keeps bfp8 logits from tying near-equal candidates, which caps every config's agreement alike."""
     options = EmulatorOptions(lm_head_format="bf16")
-    return EmulatedModel(smollm2.config, smollm2.weights, smollm2.hf_model.model.rotary_emb, options)
+    return emulator_for(smollm2, options)
 
 
 def agreement(logits: torch.Tensor, reference: torch.Tensor) -> float:

@@ -2,7 +2,17 @@
 
 import pytest
 
-from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, OpGroup, Precision, TensorGroup
+from tunelab.precision import (
+    LM_HEAD_FIDELITY,
+    MATMULS,
+    DecoderPrecision,
+    MathFidelity,
+    Matmul,
+    ModelPrecision,
+    OpGroup,
+    Precision,
+    TensorGroup,
+)
 
 
 def test_enum_names_and_values_match_tt_transformers():
@@ -107,3 +117,16 @@ def test_model_precision():
     with pytest.raises(ValueError):
         ModelPrecision.uniform(fast, 0)
     assert hash(m) == hash(ModelPrecision.uniform(DecoderPrecision(), 4))
+
+
+def test_matmul_table_maps_each_weight_group_to_its_op_groups():
+    expected = (
+        Matmul(TensorGroup.WQKV, prefill=OpGroup.LI_QKV_PREFILL, decode=OpGroup.LI_QKV_DECODE),
+        Matmul(TensorGroup.WO, prefill=OpGroup.LI_O_PREFILL, decode=OpGroup.LI_O_DECODE),
+        Matmul(TensorGroup.FF1_FF3, prefill=OpGroup.LI_FF1_FF3, decode=OpGroup.LI_FF1_FF3),
+        Matmul(TensorGroup.FF2, prefill=OpGroup.LI_FF2, decode=OpGroup.LI_FF2),
+    )
+    assert expected == MATMULS
+    linear_ops = {op for op in OpGroup if op.name.startswith("LI_")}
+    assert {op for m in MATMULS for op in (m.prefill, m.decode)} == linear_ops
+    assert LM_HEAD_FIDELITY.kernel.phases == 2 and not LM_HEAD_FIDELITY.kernel.fp32_dest_acc_en

@@ -12,8 +12,10 @@ from tunelab.eval.reference import (
     ReferenceError,
     ReferenceStore,
     build_reference,
+    check_fingerprint,
     compute_reference,
     find_reference,
+    get_reference,
     reference_request,
 )
 
@@ -142,7 +144,7 @@ def test_other_dtype_leaves_the_model_untouched(model):
 @pytest.mark.slow
 def test_smollm2_reference_emulation_and_refpt(smollm2, tmp_path):
     """The embedded model end to end on one short window: reference, the emulator at two presets, .refpt."""
-    from tunelab.backends.emulated import EmulatedModel, EmulatorOptions
+    from tunelab.backends.emulated import EmulatorOptions, emulator_for
     from tunelab.eval.accuracy import evaluate
     from tunelab.eval.refpt import export_refpt, import_refpt
     from tunelab.model_presets import model_preset
@@ -150,9 +152,7 @@ def test_smollm2_reference_emulation_and_refpt(smollm2, tmp_path):
     store = ReferenceStore(tmp_path)
     ref = build_reference(smollm2, CORPORA["default"], WindowSpec(256, 128, 1), store=store)
     assert ref.topk_ids.shape == (1, 255, 32) and ref.meta["model"]["name"] == "SmolLM2-135M-Instruct"
-    emulator = EmulatedModel(
-        smollm2.config, smollm2.weights, smollm2.hf_model.model.rotary_emb, EmulatorOptions(), "cpu"
-    )
+    emulator = emulator_for(smollm2, EmulatorOptions(), "cpu")
     results = {}
     for preset in ("bf16", "performance"):
         precision = model_preset(preset, smollm2.config.name, smollm2.config.n_layers)
@@ -162,3 +162,24 @@ def test_smollm2_reference_emulation_and_refpt(smollm2, tmp_path):
     assert bf16.ppl == pytest.approx(bf16.reference_ppl, rel=0.05)
     imported = import_refpt(export_refpt(ref, tmp_path / "smollm2.refpt"), smollm2, store)
     assert torch.equal(imported.topk_ids[0], ref.topk_ids[0, :, :5]) and imported.prefill_len == 128
+
+
+def test_get_reference_loads_only_on_a_miss_and_checks_the_fingerprint(model, store):
+    calls = []
+
+    def load(source, layers):
+        calls.append(("load", source, layers))
+        return model
+
+    options = dict(store=store, load_model=load, on_load=lambda source: calls.append(("on_load", source)))
+    windows = []
+    ref, loaded, hit = get_reference(
+        "tunelab-tests/tiny-llama", "default", SPEC, **options, on_windows=windows.append
+    )
+    assert (loaded, hit, windows) == (model, False, [3])
+    assert calls == [("on_load", "tunelab-tests/tiny-llama"), ("load", "tunelab-tests/tiny-llama", None)]
+    again, loaded, hit = get_reference("tunelab-tests/tiny-llama", "default", SPEC, **options)
+    assert (again.key, loaded, hit, len(calls)) == (ref.key, None, True, 2)
+    check_fingerprint(ref, model, "tunelab-tests/tiny-llama")
+    with pytest.raises(ReferenceError, match="rebuild it with `tunelab reference build --model x --force`"):
+        check_fingerprint(ref, tiny_lm.loaded(seed=1), "x")

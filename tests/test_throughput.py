@@ -5,12 +5,19 @@ import json
 
 import pytest
 
-from tunelab.eval.devices import device
-from tunelab.eval.perf_calibration import fit, load_calibration, summary
-from tunelab.eval.shapes import model_shape
-from tunelab.eval.support import Unsupported
-from tunelab.eval.throughput import PARAMS_FILE, DoesNotFit, decode_breakdown, load_params, predict
 from tunelab.model_presets import model_preset
+from tunelab.models.shapes import model_shape
+from tunelab.perf.calibration import fit, load_calibration, summary
+from tunelab.perf.devices import device
+from tunelab.perf.support import Unsupported
+from tunelab.perf.throughput import (
+    PARAMS_FILE,
+    DoesNotFit,
+    decode_breakdown,
+    load_params,
+    memory_per_chip,
+    predict,
+)
 from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, Precision
 
 LLAMA_8B = model_shape("meta-llama/Llama-3.1-8B")
@@ -72,6 +79,19 @@ def test_lm_head_is_read_as_bfp8_whatever_the_decoders():
         decode_breakdown(LLAMA_8B, uniform(wo=Precision.BF16), N150, params, 1, 512)["lm_head"]
         == terms["lm_head"]
     )
+
+
+def test_bf16_lm_head_is_slower_and_bigger_than_bfp8():
+    precision = model_preset("performance", "Llama-3.1-8B", 32)
+    bfp8 = predict(LLAMA_8B, precision, N150)
+    assert predict(LLAMA_8B, precision, N150, lm_head=Precision.BFP8) == bfp8  # the default
+    bf16 = predict(LLAMA_8B, precision, N150, lm_head=Precision.BF16)
+    assert bf16.tok_s_u < bfp8.tok_s_u and bf16.ttft_ms >= bfp8.ttft_ms
+    assert bf16.breakdown_ms["lm_head"] > bfp8.breakdown_ms["lm_head"]
+    assert bf16.breakdown_ms["weights"] == bfp8.breakdown_ms["weights"]
+    weights8, kv8 = memory_per_chip(LLAMA_8B, precision, N150, 1, 512)
+    weights16, kv16 = memory_per_chip(LLAMA_8B, precision, N150, 1, 512, Precision.BF16)
+    assert weights16 - weights8 == pytest.approx(4096 * 128256 * (2.0 - 1.0625)) and kv16 == kv8
 
 
 def test_kv_cache_reads_grow_with_context_and_follow_its_format():

@@ -44,7 +44,7 @@ def test_predict_answers_for_the_seed_table(monkeypatch, capsys, model, hardware
         "predict",
         "--model",
         model,
-        "--device",
+        "--mesh-device",
         hardware,
         "--preset",
         preset,
@@ -54,4 +54,11 @@ def test_predict_answers_for_the_seed_table(monkeypatch, capsys, model, hardware
     result = json.loads(out)
     assert result["kind"] == "modelled"
     assert 1 < result["tok_s_u"] < 200 and 10 < result["ttft_ms"] < 1000
-    assert result["inputs"] == {"model": model, "device": hardware, "preset": preset, "config": None}
+    assert result["inputs"] == {
+        "model": model,
+        "device": hardware,
+        "preset": preset,
+        "config": None,
+        "optimizations": None,
+        "lm_head": "bfp8",
+    }

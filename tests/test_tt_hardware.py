@@ -19,8 +19,8 @@ from tunelab.backends.tt_hardware import (
     parse_speed,
     speed_job,
 )
-from tunelab.eval.devices import device
 from tunelab.model_presets import model_preset
+from tunelab.perf.devices import device
 
 # simple_text_demo.py output (loguru), batch-1, Llama-3.1-8B-Instruct on N150: per-iteration lines, then the summary.
 DEMO_LOG = """\

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 __all__ = [
+    "LM_HEAD_FIDELITY",
+    "MATMULS",
     "DecoderPrecision",
     "KernelConfig",
     "MathFidelity",
+    "Matmul",
     "ModelPrecision",
     "OpGroup",
     "Precision",
@@ -121,6 +124,27 @@ _KERNELS: dict[MathFidelity, KernelConfig] = {
         "HiFi4", 4, fp32_dest_acc_en=True, packer_l1_acc=True, math_approx_mode=True
     ),
 }
+
+
+@dataclass(frozen=True)
+class Matmul:
+    """A decoder weight matmul: the tensor group that stores its weights and the op groups that set its fidelity."""
+
+    tensor: TensorGroup
+    prefill: OpGroup
+    decode: OpGroup
+
+
+# The one tensor-group -> op-group table: MLP matmuls share an op group between prefill and decode.
+MATMULS: tuple[Matmul, ...] = (
+    Matmul(TensorGroup.WQKV, OpGroup.LI_QKV_PREFILL, OpGroup.LI_QKV_DECODE),
+    Matmul(TensorGroup.WO, OpGroup.LI_O_PREFILL, OpGroup.LI_O_DECODE),
+    Matmul(TensorGroup.FF1_FF3, OpGroup.LI_FF1_FF3, OpGroup.LI_FF1_FF3),
+    Matmul(TensorGroup.FF2, OpGroup.LI_FF2, OpGroup.LI_FF2),
+)
+
+# The LM head is not governed by the decoder configs: tt-transformers runs it at HiFi2 with a bf16 Dst.
+LM_HEAD_FIDELITY = MathFidelity.HIFI2_FP16
 
 
 def _field(group: TensorGroup | OpGroup) -> str:

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.eval.devices import Device
-from tunelab.eval.throughput import Throughput
 from tunelab.interop import write_decoder_config
+from tunelab.perf import Device, Throughput
 from tunelab.precision import ModelPrecision
 from tunelab.presets import model_basename
 

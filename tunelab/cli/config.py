@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -11,104 +10,70 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.errors import ConfigError, ConfigWarning
+from tunelab.cli.options import (
+    ConfigOpt,
+    DefaultOpt,
+    DeprecatedJsonFileOpt,
+    LayersOpt,
+    ModelNameOpt,
+    OptimizationsOpt,
+    OutputOpt,
+    PresetOpt,
+    config_file,
+)
+from tunelab.errors import ConfigError
 from tunelab.interop import (
-    parse_optimizations,
+    default_preset,
     read_decoder_config,
+    resolve_config,
     to_decoder_config,
     to_optimizations,
 )
-from tunelab.model_presets import PRESETS, model_preset
 from tunelab.precision import DecoderPrecision, ModelPrecision, OpGroup, TensorGroup
-from tunelab.presets import generic_accuracy, generic_performance
 
 app = typer.Typer(help="Convert, validate and show per-decoder precision configs.", no_args_is_help=True)
-
-_DEFAULTS = {"performance": generic_performance, "accuracy": generic_accuracy}
-
-PresetOpt = Annotated[
-    str | None, typer.Option(help=f"Preset: {', '.join(PRESETS)} (needs --model, --layers).")
-]
-ModelOpt = Annotated[
-    str, typer.Option(help="Model name as tt-transformers sees it (HF basename), for presets.")
-]
-LayersOpt = Annotated[int | None, typer.Option(help="Number of decoder layers of the model.")]
-OptimizationsOpt = Annotated[str | None, typer.Option("--optimizations", help="An --optimizations string.")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="A decoder_config JSON file.")]
-DefaultOpt = Annotated[
-    str,
-    typer.Option(help="Preset tt-transformers gives unlisted decoders of a JSON file: performance|accuracy."),
-]
-
-
-def load_config(
-    preset: str | None,
-    model: str,
-    layers: int | None,
-    optimizations: str | None,
-    json_file: Path | None,
-    default: str = "performance",
-) -> ModelPrecision:
-    """Resolve exactly one config source into a ModelPrecision (errors are one-line ConfigErrors)."""
-    sources = {"--preset": preset, "--optimizations": optimizations, "--json": json_file}
-    chosen = [name for name, value in sources.items() if value is not None]
-    if len(chosen) != 1:
-        raise ConfigError("give exactly one source: --preset, --optimizations or --json")
-    if json_file is not None:
-        parsed = read_decoder_config(json_file, _default_preset(default), default)
-        for finding in parsed.findings(layers):
-            if finding.level == "error":
-                raise ConfigError(f"{json_file}: {finding.message}")
-            if finding.level == "warning":
-                warnings.warn(f"{json_file}: {finding.message}", ConfigWarning, 2)
-        return parsed.precision if layers is None else parsed.fit(layers, parsed.precision[0])
-    if layers is None:
-        raise ConfigError(f"{chosen[0]} needs --layers (the model's decoder count)")
-    if optimizations is not None:
-        return ModelPrecision.uniform(parse_optimizations(optimizations), layers)
-    return model_preset(preset, model, layers)
-
-
-def _default_preset(name: str):
-    if name not in _DEFAULTS:
-        raise ConfigError(f"unknown --default {name!r} (expected performance or accuracy)")
-    return _DEFAULTS[name]
 
 
 @app.command()
 def convert(
     preset: PresetOpt = None,
-    model: ModelOpt = "model",
+    model: ModelNameOpt = "model",
     layers: LayersOpt = None,
     optimizations: OptimizationsOpt = None,
-    json_file: JsonOpt = None,
+    config: ConfigOpt = None,
+    json_file: DeprecatedJsonFileOpt = None,
     default: DefaultOpt = "performance",
     to: Annotated[
         str, typer.Option(help="Output: json (complete decoder_config) or optimizations.")
     ] = "json",
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
-    ] = None,
+    output: OutputOpt = None,
 ) -> None:
     """Write a config as a complete decoder_config JSON or as an --optimizations string."""
-    config = load_config(preset, model, layers, optimizations, json_file, default)
+    precision = resolve_config(
+        preset=preset,
+        optimizations=optimizations,
+        config_file=config_file(config, json_file),
+        model=model,
+        layers=layers,
+        default=default,
+    )
     if to == "json":
-        text = json.dumps(to_decoder_config(config), indent=2) + "\n"
+        text = json.dumps(to_decoder_config(precision), indent=2) + "\n"
     elif to == "optimizations":
-        if not config.is_uniform:
-            first = next(i for i, d in enumerate(config) if d != config[0])
+        if not precision.is_uniform:
+            first = next(i for i, d in enumerate(precision) if d != precision[0])
             raise ConfigError(
                 f"decoder {first} differs from decoder 0: an --optimizations string sets every decoder alike; "
                 "use --to json"
             )
-        text = to_optimizations(config[0]) + "\n"
+        text = to_optimizations(precision[0]) + "\n"
     else:
         raise ConfigError(f"unknown --to {to!r} (expected json or optimizations)")
     if output is None:
         typer.echo(text, nl=False)
     else:
         output.write_text(text)
-        typer.echo(f"wrote {output} ({config.n_layers} decoders)", err=True)
+        typer.echo(f"wrote {output} ({precision.n_layers} decoders)", err=True)
 
 
 @app.command()
@@ -118,7 +83,7 @@ def validate(
     default: DefaultOpt = "performance",
 ) -> None:
     """Check a decoder_config file as tt-transformers reads it; exit 2 on an error."""
-    parsed = read_decoder_config(file, _default_preset(default), default)
+    parsed = read_decoder_config(file, default_preset(default), default)
     findings = parsed.findings(layers)
     for finding in findings:
         typer.echo(f"{finding.level}: {file}: {finding.message}", err=True)
@@ -133,15 +98,25 @@ def show(
     file: Annotated[
         Path | None, typer.Argument(help="decoder_config JSON file (or use a source option).")
     ] = None,
+    config: ConfigOpt = None,
     preset: PresetOpt = None,
-    model: ModelOpt = "model",
+    model: ModelNameOpt = "model",
     layers: LayersOpt = None,
     optimizations: OptimizationsOpt = None,
     default: DefaultOpt = "performance",
 ) -> None:
     """Print a per-decoder table; values that differ from the hard defaults are highlighted."""
-    config = load_config(preset, model, layers, optimizations, file, default)
-    Console(width=200).print(config_table(config))
+    if file is not None and config is not None:
+        raise ConfigError("give the file once: FILE or --config FILE")
+    precision = resolve_config(
+        preset=preset,
+        optimizations=optimizations,
+        config_file=config or file,
+        model=model,
+        layers=layers,
+        default=default,
+    )
+    Console(width=200).print(config_table(precision))
 
 
 def config_table(config: ModelPrecision) -> Table:

@@ -12,74 +12,83 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.cli import reference as ref_cli
-from tunelab.cli.config import OptimizationsOpt, PresetOpt, load_config
-from tunelab.cli.emulation import AccumulationOpt, emulator_options
-from tunelab.errors import TunelabError
+from tunelab.cli.options import (
+    AccumulationOpt,
+    ConfigOpt,
+    CorpusOpt,
+    DirOpt,
+    JsonOutOpt,
+    LayersOpt,
+    LmHeadOpt,
+    ModelOpt,
+    OptimizationsOpt,
+    PrefillOpt,
+    PresetOpt,
+    TopKOpt,
+    TorchDeviceOpt,
+    WindowLenOpt,
+    WindowsOpt,
+    emulator_options,
+    torch_device,
+)
 from tunelab.eval.corpus import WindowSpec
-from tunelab.eval.reference import DEFAULT_TOP_K, ReferenceError, ReferenceStore
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A decoder_config JSON file.")]
+from tunelab.eval.reference import DEFAULT_TOP_K, ReferenceStore, check_fingerprint
+from tunelab.interop import config_source, resolve_config
 
 
 def eval_command(
-    model: ref_cli.ModelOpt = "smollm2-135m",
+    model: ModelOpt = "smollm2-135m",
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     optimizations: OptimizationsOpt = None,
     accumulation: AccumulationOpt = "fast",
-    device: ref_cli.DeviceOpt = "cpu",
-    lm_head: Annotated[
-        str,
-        typer.Option(
-            help="LM head weights and logits format (tt-transformers' lm_head_dtype): bfp8 or bf16."
-        ),
-    ] = "bfp8",
-    windows: ref_cli.WindowsOpt = None,
-    corpus: ref_cli.CorpusOpt = "default",
-    window_len: ref_cli.WindowLenOpt = 1024,
-    prefill: ref_cli.PrefillOpt = 512,
-    top_k: ref_cli.TopKOpt = DEFAULT_TOP_K,
+    device: TorchDeviceOpt = "cpu",
+    lm_head: LmHeadOpt = "bfp8",
+    windows: WindowsOpt = None,
+    corpus: CorpusOpt = "default",
+    window_len: WindowLenOpt = 1024,
+    prefill: PrefillOpt = 512,
+    top_k: TopKOpt = DEFAULT_TOP_K,
     reference: Annotated[
         str | None,
         typer.Option(
             help="Use this reference: a key (or unique prefix) or a tt-metal .refpt file to import."
         ),
     ] = None,
-    layers: ref_cli.LayersOpt = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
-    ] = False,
-    directory: ref_cli.DirOpt = None,
+    layers: LayersOpt = None,
+    json_out: JsonOutOpt = False,
+    directory: DirOpt = None,
 ) -> None:
     """Top-1 / top-5 agreement with the HF reference (tt-metal's definitions), KL, perplexity, 95% intervals."""
     start = time.perf_counter()
     options = emulator_options(accumulation, lm_head)
-    ref_cli._check_device(device)
-    if sum(x is not None for x in (config, preset, optimizations)) != 1:
-        raise TunelabError("give exactly one config: --config FILE, --preset NAME or --optimizations '...'")
+    torch_device(device)
+    source = config_source(preset=preset, optimizations=optimizations, config_file=config)
     spec = WindowSpec(window_len, prefill, windows)
     store = ReferenceStore(directory)
 
     ref_cli.err.print(f"loading {model} ...")
     loaded = ref_cli.load_model(model, layers)
-    precision = load_config(preset, loaded.config.name, loaded.config.n_layers, optimizations, config)
+    precision = resolve_config(
+        preset=preset,
+        optimizations=optimizations,
+        config_file=config,
+        model=loaded.config.name,
+        layers=loaded.config.n_layers,
+    )
     if reference is None:
-        ref, _, _ = ref_cli.get_reference(
+        ref, _, _ = ref_cli.reference_for(
             model, corpus, spec, top_k=top_k, device=device, layers=layers, store=store, loaded=loaded
         )
     else:
         ref = _explicit_reference(reference, loaded, store).select(windows)
-    if ref.meta["model"]["fingerprint"] != loaded.fingerprint:
-        raise ReferenceError(
-            f"reference {ref.key} was built from model fingerprint {ref.meta['model']['fingerprint']}, but "
-            f"{model} now has {loaded.fingerprint}: rebuild it with `tunelab reference build --model {model} --force`"
-        )
+    check_fingerprint(ref, loaded, model)
 
-    from tunelab.backends.emulated import EmulatedModel
+    from tunelab.backends.emulated import emulator_for
     from tunelab.eval.accuracy import evaluate
 
-    emulator = EmulatedModel(loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, options, device)
-    with ref_cli.progress(f"emulating {_source(config, preset, optimizations)}") as (set_total, advance):
+    emulator = emulator_for(loaded, options, device)
+    with ref_cli.progress(f"emulating {source}") as (set_total, advance):
         set_total(ref.n_windows)
         result = evaluate(
             ref,
@@ -91,7 +100,7 @@ def eval_command(
         "model_source": str(loaded.source),
         "model_fingerprint": loaded.fingerprint,
         "n_layers": loaded.config.n_layers,
-        "config_source": _source(config, preset, optimizations),
+        "config_source": source,
         "accumulation": accumulation,
         "lm_head": lm_head,
         "device": device,
@@ -120,14 +129,6 @@ def _explicit_reference(reference: str, loaded: Any, store: ReferenceStore) -> A
 
         return import_refpt(path, loaded, store)
     return store.load(store.resolve_key(reference))
-
-
-def _source(config: Path | None, preset: str | None, optimizations: str | None) -> str:
-    if preset is not None:
-        return f"preset {preset}"
-    if config is not None:
-        return f"config {config}"
-    return f"optimizations {optimizations!r}"
 
 
 def _pct(x: float | None) -> str:

@@ -9,10 +9,24 @@ from typing import Annotated
 
 import typer
 
-from tunelab.cli.config import load_config
-from tunelab.errors import ConfigError
-from tunelab.eval.devices import DEVICES, device
-from tunelab.eval.perf_calibration import (
+from tunelab.cli.options import (
+    BatchOpt,
+    ConfigOpt,
+    DeprecatedDeviceOpt,
+    JsonOutOpt,
+    LmHeadOpt,
+    MeshDeviceOpt,
+    OptimizationsOpt,
+    PresetOpt,
+    ShapeModelOpt,
+    lm_head_format,
+    mesh_device,
+)
+from tunelab.interop import config_source, resolve_config
+from tunelab.models.config import ModelConfig
+from tunelab.models.shapes import model_shape
+from tunelab.perf import device, load_params, predict
+from tunelab.perf.calibration import (
     PACKAGED_DATA,
     cross_validate,
     fit,
@@ -20,10 +34,7 @@ from tunelab.eval.perf_calibration import (
     summary,
     write_params,
 )
-from tunelab.eval.shapes import model_shape
-from tunelab.eval.throughput import PARAMS_FILE, load_params, predict
-from tunelab.model_presets import PRESETS
-from tunelab.models.config import ModelConfig
+from tunelab.perf.throughput import PARAMS_FILE
 from tunelab.precision import ModelPrecision
 
 app = typer.Typer(help="Predict decode tokens/s/user and TTFT on Tenstorrent devices.", no_args_is_help=True)
@@ -31,32 +42,45 @@ app = typer.Typer(help="Predict decode tokens/s/user and TTFT on Tenstorrent dev
 
 @app.command("predict")
 def predict_command(
-    model: Annotated[
-        str, typer.Option(help="HF id or basename of a known model, or a path to a config.json.")
-    ],
-    device_name: Annotated[str, typer.Option("--device", help=f"One of {', '.join(DEVICES)}.")],
-    preset: Annotated[str | None, typer.Option(help=f"Preset: {', '.join(PRESETS)}.")] = None,
-    config: Annotated[Path | None, typer.Option(help="A decoder_config JSON file.")] = None,
-    batch: Annotated[int, typer.Option(help="Users decoded together.")] = 1,
+    model: ShapeModelOpt,
+    mesh_device_name: MeshDeviceOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    optimizations: OptimizationsOpt = None,
+    batch: BatchOpt = 1,
     seq_len: Annotated[int, typer.Option(help="Prompt tokens, and the decode context.")] = 512,
+    lm_head: LmHeadOpt = "bfp8",
     params: Annotated[
         Path | None, typer.Option(help="Fitted parameters (default: the packaged fit).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOutOpt = False,
+    deprecated_device: DeprecatedDeviceOpt = None,
 ) -> None:
-    """Modelled tokens/s/user and TTFT for a model, config and device."""
+    """Modelled tokens/s/user and TTFT for a model, config and Tenstorrent system."""
+    head = lm_head_format(lm_head)
+    source = config_source(preset=preset, optimizations=optimizations, config_file=config)
+    name = mesh_device(mesh_device_name, deprecated_device)
     shapes = model_shape(model)
-    target = device(device_name)
-    precision = _precision(shapes, preset, config)
-    result = predict(shapes, precision, target, batch, seq_len, params=load_params(params))
+    target = device(name)
+    precision = _precision(shapes, preset, optimizations, config)
+    result = predict(shapes, precision, target, batch, seq_len, params=load_params(params), lm_head=head)
     if as_json:
-        inputs = {"model": model, "device": device_name, "preset": preset, "config": config and str(config)}
+        inputs = {
+            "model": model,
+            "device": name,
+            "preset": preset,
+            "config": config and str(config),
+            "optimizations": optimizations,
+            "lm_head": head.value,
+        }
         typer.echo(json.dumps({**result.to_dict(), "inputs": inputs}))
         return
-    source = f"{preset} preset" if preset else str(config)
+    described = f"{preset} preset" if preset else str(config) if config else source
+    head_note = "" if head.value == "bfp8" else f", {head.value} LM head"
     terms = ", ".join(f"{k} {v:.2f}" for k, v in result.breakdown_ms.items())
     typer.echo(
-        f"{result.model} on {result.device}, {source}, batch {batch}, {seq_len} tokens ({result.kind})"
+        f"{result.model} on {result.device}, {described}{head_note}, batch {batch}, {seq_len} tokens "
+        f"({result.kind})"
     )
     typer.echo(f"decode  {result.tok_s_u:.1f} tok/s/user  ({1e3 / result.tok_s_u:.2f} ms/token: {terms})")
     typer.echo(f"TTFT    {result.ttft_ms:.1f} ms")
@@ -65,21 +89,27 @@ def predict_command(
 @app.command()
 def measure(
     model: Annotated[
-        str, typer.Option(help="HF_MODEL for tt-transformers: an HF id or a local checkpoint path.")
+        str,
+        typer.Option(
+            help="HF_MODEL for tt-transformers: an HF id or a local checkpoint path (with config.json)."
+        ),
     ],
-    device_name: Annotated[str, typer.Option("--device", help=f"One of {', '.join(DEVICES)}.")],
-    preset: Annotated[str | None, typer.Option(help=f"Preset: {', '.join(PRESETS)}.")] = None,
-    config: Annotated[Path | None, typer.Option(help="A decoder_config JSON file.")] = None,
-    batch: Annotated[int, typer.Option(help="Users decoded together.")] = 1,
+    mesh_device_name: MeshDeviceOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    optimizations: OptimizationsOpt = None,
+    batch: BatchOpt = 1,
     workdir: Annotated[Path, typer.Option(help="Where configs and run logs go.")] = Path("tt_runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOutOpt = False,
+    deprecated_device: DeprecatedDeviceOpt = None,
 ) -> None:
-    """Measured tokens/s/user, TTFT, top-1 and top-5 on a Tenstorrent device through tt-transformers."""
+    """Measured tokens/s/user, TTFT, top-1 and top-5 on a Tenstorrent system through tt-transformers."""
     from tunelab.backends.tt_hardware import TTHardware
 
-    hardware = TTHardware(model, device(device_name), workdir)
+    config_source(preset=preset, optimizations=optimizations, config_file=config)
+    hardware = TTHardware(model, device(mesh_device(mesh_device_name, deprecated_device)), workdir)
     shapes = model_shape(model)
-    result = hardware.evaluate(_precision(shapes, preset, config), batch)
+    result = hardware.evaluate(_precision(shapes, preset, optimizations, config), batch)
     measured = result.throughput
     if as_json:
         typer.echo(json.dumps({**measured.to_dict(), "top1": result.top1, "top5": result.top5}))
@@ -120,8 +150,14 @@ def calibrate(
     typer.echo(f"wrote {output}", err=True)
 
 
-def _precision(model: ModelConfig, preset: str | None, config: Path | None) -> ModelPrecision:
-    """The per-decoder config from exactly one of a preset or a decoder_config file, checked against the model."""
-    if (preset is None) == (config is None):
-        raise ConfigError("give exactly one of --preset or --config")
-    return load_config(preset, model.name, model.n_layers, None, config)
+def _precision(
+    model: ModelConfig, preset: str | None, optimizations: str | None, config: Path | None
+) -> ModelPrecision:
+    """The per-decoder config from its one source, checked against the model's decoder count."""
+    return resolve_config(
+        preset=preset,
+        optimizations=optimizations,
+        config_file=config,
+        model=model.name,
+        layers=model.n_layers,
+    )

@@ -13,44 +13,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.errors import TunelabError
-from tunelab.eval.corpus import WindowSpec, resolve_corpus
-from tunelab.eval.reference import (
-    DEFAULT_TOP_K,
-    ReferenceStore,
-    reference_request,
-    source_identity,
+from tunelab.cli.options import (
+    CorpusOpt,
+    DirOpt,
+    DtypeOpt,
+    LayersOpt,
+    ModelOpt,
+    PrefillOpt,
+    TopKOpt,
+    TorchDeviceOpt,
+    WindowLenOpt,
+    WindowsOpt,
+    torch_device,
 )
+from tunelab.errors import TunelabError
+from tunelab.eval.corpus import WindowSpec
+from tunelab.eval.reference import DEFAULT_TOP_K, Reference, ReferenceStore, get_reference, request_for
 
 app = typer.Typer(
     help="Reference logits of the Hugging Face model on a corpus (cached), and tt-metal .refpt files.",
     no_args_is_help=True,
 )
-
-ModelOpt = Annotated[str, typer.Option(help="Model: an alias (smollm2-135m), HF dir/id, .gguf, Meta dir.")]
-CorpusOpt = Annotated[
-    str,
-    typer.Option(help="Corpus: default, a registered name, a .txt/.json file, a directory, or hf:N:C:S:COL."),
-]
-WindowsOpt = Annotated[
-    int | None, typer.Option(help="Windows to use (default: as many as the corpus gives, at most 8).")
-]
-WindowLenOpt = Annotated[int, typer.Option(help="Tokens per window (tt-metal: 1024).")]
-PrefillOpt = Annotated[
-    int, typer.Option(help="Prefilled tokens per window; the rest are scored (tt-metal: 512).")
-]
-TopKOpt = Annotated[int, typer.Option(help="Reference ids (and log-probabilities) kept per position, >= 5.")]
-DtypeOpt = Annotated[
-    str, typer.Option(help="Reference dtype: float32 (default, also on CUDA), bfloat16, float16.")
-]
-DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
-LayersOpt = Annotated[int | None, typer.Option(help="Keep only the first N decoders (quick experiments).")]
-DirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--dir", help="Reference directory (default: $TUNELAB_REFERENCE_DIR or ./reference_logits)."
-    ),
-]
 
 err = Console(stderr=True)
 
@@ -64,7 +47,8 @@ def load_model(source: str, n_layers: int | None) -> Any:
 
 @contextmanager
 def progress(description: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
-    """A rich progress bar on stderr (shown only on a terminal): yields (set_total, advance)."""
+    """A rich progress bar on stderr (shown only on a terminal, from the first set_total): yields (set_total,
+    advance)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
@@ -77,53 +61,27 @@ def progress(description: str) -> Iterator[tuple[Callable[[int], None], Callable
         disable=not err.is_terminal,
     )
     task = bar.add_task(description, total=None)
-    with bar:
-        yield (lambda n: bar.update(task, total=n)), (lambda _index: bar.advance(task))
+
+    def set_total(n: int) -> None:
+        bar.update(task, total=n)
+        bar.start()
+
+    try:
+        yield set_total, (lambda _index: bar.advance(task))
+    finally:
+        bar.stop()
 
 
-def _check_device(device: str) -> None:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TunelabError(f"unknown --device {device!r} (expected cpu or cuda)")
-
-
-def request_for(
-    model: str, corpus: str, windows: WindowSpec, top_k: int, dtype: str, layers: int | None
-) -> tuple[str, Any, dict[str, Any]]:
-    """(corpus name, corpus spec, request) without loading the model."""
-    corpus_name, spec = resolve_corpus(corpus)
-    return corpus_name, spec, reference_request(source_identity(model), spec, windows, top_k, dtype, layers)
-
-
-def get_reference(
-    model: str,
-    corpus: str,
-    windows: WindowSpec,
-    *,
-    top_k: int = DEFAULT_TOP_K,
-    dtype: str = "float32",
-    device: str = "cpu",
-    layers: int | None = None,
-    force: bool = False,
-    store: ReferenceStore,
-    loaded: Any = None,
-) -> tuple[Any, Any, bool]:
-    """(reference, loaded model or None, cache hit) for a request; loads the model only on a miss."""
-    from tunelab.eval.reference import build_reference, find_reference
-
-    corpus_name, spec, request = request_for(model, corpus, windows, top_k, dtype, layers)
-    if not force:
-        found = find_reference(store, request)
-        if found is not None:
-            return found, loaded, True
-    if loaded is None:
-        err.print(f"loading {model} ...")
-        loaded = load_model(model, layers)
-    with progress(f"reference {loaded.config.name} on {corpus_name}") as (set_total, advance):
-        reference = build_reference(
-            loaded, spec, windows, corpus_name=corpus_name, top_k=top_k, dtype=dtype, device=device,
-            store=store, request=request, force=force, on_window=advance, on_windows=set_total,
+def reference_for(
+    model: str, corpus: str, windows: WindowSpec, *, loaded: Any = None, **options: Any
+) -> tuple[Reference, Any, bool]:
+    """`get_reference` with this command's model loader, "loading ..." line and progress bar."""
+    with progress(f"reference {Path(model).name} on {corpus}") as (set_total, advance):
+        return get_reference(
+            model, corpus, windows, loaded=loaded, load_model=load_model,
+            on_load=lambda source: err.print(f"loading {source} ..."), on_window=advance, on_windows=set_total,
+            **options,
         )  # fmt: skip
-    return reference, loaded, False
 
 
 @app.command()
@@ -135,14 +93,14 @@ def build(
     prefill: PrefillOpt = 512,
     top_k: TopKOpt = DEFAULT_TOP_K,
     dtype: DtypeOpt = "float32",
-    device: DeviceOpt = "cpu",
+    device: TorchDeviceOpt = "cpu",
     layers: LayersOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached (or corrupted).")] = False,
     directory: DirOpt = None,
 ) -> None:
     """Run the HF model on the corpus windows and cache per-position top-k ids, log-probs and logsumexp."""
     start = time.perf_counter()
-    _check_device(device)
+    torch_device(device)
     spec = WindowSpec(window_len, prefill, windows)
     store = ReferenceStore(directory)
     if not force:  # the fast path: no torch, no model; the tensor file's hash is still checked
@@ -152,7 +110,7 @@ def build(
             meta = store.verify(key)
             typer.echo(f"{_summary(meta)}: cache hit ({time.perf_counter() - start:.2f} s)")
             return
-    reference, _, _ = get_reference(
+    reference, _, _ = reference_for(
         model, corpus, spec, top_k=top_k, dtype=dtype, device=device, layers=layers, force=force, store=store
     )
     typer.echo(

@@ -9,8 +9,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.cli.config import JsonOpt, OptimizationsOpt, PresetOpt, load_config
-from tunelab.cli.emulation import AccumulationOpt, emulator_options
+from tunelab.cli.options import (
+    AccumulationOpt,
+    ConfigOpt,
+    DeprecatedJsonFileOpt,
+    LayersOpt,
+    ModelOpt,
+    OptimizationsOpt,
+    PresetOpt,
+    TorchDeviceOpt,
+    config_file,
+    emulator_options,
+    torch_device,
+)
 
 DEFAULT_TEXT = (
     "The old lighthouse keeper climbed the spiral stairs every evening, counting each step as his father had "
@@ -19,50 +30,58 @@ DEFAULT_TEXT = (
 
 
 def run(
-    model: Annotated[
-        str, typer.Option(help="Model: an alias (smollm2-135m), HF dir/id, .gguf, Meta dir.")
-    ] = ("smollm2-135m"),
+    model: ModelOpt = "smollm2-135m",
     preset: PresetOpt = None,
-    json_file: JsonOpt = None,
+    config: ConfigOpt = None,
+    json_file: DeprecatedJsonFileOpt = None,
     optimizations: OptimizationsOpt = None,
     text: Annotated[str, typer.Option(help="Text to run teacher-forced.")] = DEFAULT_TEXT,
     prefill: Annotated[int | None, typer.Option(help="Prefill tokens (default: half the text).")] = None,
     accumulation: AccumulationOpt = "fast",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    layers: Annotated[int | None, typer.Option(help="Keep only the first N decoders.")] = None,
+    device: TorchDeviceOpt = "cpu",
+    layers: LayersOpt = None,
 ) -> None:
-    """Next-token predictions of the emulated config beside the all-bf16 emulation and the HF fp32 reference."""
+    """Next-token predictions of the emulated config beside the all-bf16 emulation and the HF fp32 reference.
+
+    With no config, the performance preset."""
     import torch
 
-    from tunelab.backends.emulated import EmulatedModel
+    from tunelab.backends.emulated import emulator_for
     from tunelab.errors import TunelabError
+    from tunelab.interop import resolve_config
     from tunelab.model_presets import model_preset
     from tunelab.models import load_model
 
     options = emulator_options(accumulation)
-    if preset is None and json_file is None and optimizations is None:
+    torch_device(device)
+    config = config_file(config, json_file)
+    if preset is None and config is None and optimizations is None:
         preset = "performance"
     loaded = load_model(model, n_layers=layers)
     n_layers = loaded.config.n_layers
-    config = load_config(preset, loaded.config.name, n_layers, optimizations, json_file)
+    precision = resolve_config(
+        preset=preset,
+        optimizations=optimizations,
+        config_file=config,
+        model=loaded.config.name,
+        layers=n_layers,
+    )
     tokens = torch.tensor(loaded.tokenizer.encode(text), dtype=torch.long)
     prefill_len = prefill or len(tokens) // 2
     if not 0 < prefill_len < len(tokens):
         raise TunelabError(f"--prefill must be in 1..{len(tokens) - 1} for this {len(tokens)}-token text")
-    emulator = EmulatedModel(loaded.config, loaded.weights, loaded.hf_model.model.rotary_emb, options, device)
-    emulated = emulator.teacher_forced(tokens, prefill_len, config).argmax(-1).cpu()
+    emulator = emulator_for(loaded, options, device)
+    emulated = emulator.teacher_forced(tokens, prefill_len, precision).argmax(-1).cpu()
     ceiling = (
         emulator.teacher_forced(tokens, prefill_len, model_preset("bf16", "", n_layers)).argmax(-1).cpu()
     )
     with torch.no_grad():
         reference = loaded.hf_model(tokens[None]).logits[0, prefill_len:].argmax(-1)
-    _print(
-        loaded.tokenizer, tokens, prefill_len, emulated, ceiling, reference, _source_name(preset, json_file)
-    )
+    _print(loaded.tokenizer, tokens, prefill_len, emulated, ceiling, reference, _source_name(preset, config))
 
 
-def _source_name(preset: str | None, json_file: Path | None) -> str:
-    return preset or (json_file.name if json_file else "--optimizations")
+def _source_name(preset: str | None, config: Path | None) -> str:
+    return preset or (config.name if config else "--optimizations")
 
 
 def _print(tokenizer, tokens, prefill_len, emulated, ceiling, reference, source: str) -> None:

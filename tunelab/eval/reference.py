@@ -17,7 +17,8 @@ Storage, under `reference_logits/` (or $TUNELAB_REFERENCE_DIR, or an explicit di
 The key is a content hash of (model fingerprint, tokenizer, window token ids, lengths, dtype, k). The request is a
 cheap identity of what was asked: the model source's resolved files with their sizes and mtimes, the corpus spec
 with its files' content, the window spec, k, dtype and layer count. A request hit is verified against the tensor
-file's stored hash; `tunelab eval` also checks the model fingerprint it loads against the reference's.
+file's stored hash; `tunelab eval` also checks the model fingerprint it loads against the reference's
+(`check_fingerprint`). `get_reference` is the whole lookup-or-build, loading the model only on a miss.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.eval.corpus import CorpusSpec, WindowSpec, _bos, make_windows
+from tunelab.eval.corpus import CorpusSpec, WindowSpec, _bos, make_windows, resolve_corpus
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -44,11 +45,14 @@ __all__ = [
     "ReferenceError",
     "ReferenceStore",
     "build_reference",
+    "check_fingerprint",
     "compute_reference",
     "default_reference_dir",
     "find_reference",
+    "get_reference",
     "reference_key",
     "reference_request",
+    "request_for",
     "request_id",
     "source_identity",
     "tokenizer_hash",
@@ -538,6 +542,69 @@ def build_reference(
         "build_seconds": round(time.perf_counter() - start, 2),
     }
     return store.save(key, tensors, meta, request)
+
+
+def request_for(
+    model: str, corpus: str, windows: WindowSpec, top_k: int, dtype: str, layers: int | None
+) -> tuple[str, CorpusSpec, dict[str, Any]]:
+    """(corpus name, corpus spec, request) for a model source and corpus, without loading the model."""
+    corpus_name, spec = resolve_corpus(corpus)
+    return corpus_name, spec, reference_request(source_identity(model), spec, windows, top_k, dtype, layers)
+
+
+def get_reference(
+    model: str,
+    corpus: str,
+    windows: WindowSpec,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    dtype: str = "float32",
+    device: str = "cpu",
+    layers: int | None = None,
+    force: bool = False,
+    store: ReferenceStore,
+    loaded: Any = None,
+    load_model: Callable[[str, int | None], Any] | None = None,
+    on_load: Callable[[str], None] | None = None,
+    on_window: Callable[[int], None] | None = None,
+    on_windows: Callable[[int], None] | None = None,
+) -> tuple[Reference, Any, bool]:
+    """(reference, loaded model or None, cache hit) for the reference of model source `model` on `corpus`.
+
+    A stored reference for the same request is returned without loading the model (unless `force`); otherwise
+    `loaded` (or the model loaded by `load_model(model, layers)`, default `tunelab.models.load_model`, after
+    `on_load(model)`) is run on the windows, `on_windows(n)` and `on_window(i)` reporting progress.
+    """
+    corpus_name, spec, request = request_for(model, corpus, windows, top_k, dtype, layers)
+    if not force:
+        found = find_reference(store, request)
+        if found is not None:
+            return found, loaded, True
+    if loaded is None:
+        if on_load is not None:
+            on_load(model)
+        loaded = (load_model or _load_model)(model, layers)
+    reference = build_reference(
+        loaded, spec, windows, corpus_name=corpus_name, top_k=top_k, dtype=dtype, device=device, store=store,
+        request=request, force=force, on_window=on_window, on_windows=on_windows,
+    )  # fmt: skip
+    return reference, loaded, False
+
+
+def _load_model(source: str, n_layers: int | None) -> Any:
+    from tunelab.models import load_model
+
+    return load_model(source, n_layers=n_layers)
+
+
+def check_fingerprint(reference: Reference, loaded: Any, source: str) -> None:
+    """Raise a one-line ReferenceError when `reference` was built from other weights than `loaded` (from `source`)."""
+    built = reference.meta["model"]["fingerprint"]
+    if built != loaded.fingerprint:
+        raise ReferenceError(
+            f"reference {reference.key} was built from model fingerprint {built}, but {source} now has "
+            f"{loaded.fingerprint}: rebuild it with `tunelab reference build --model {source} --force`"
+        )
 
 
 def _versions() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Models: load a checkpoint (alias, GGUF, HF or Meta directory, hub id) into the reference and canonical forms.
+"""Models: load a checkpoint (alias, GGUF, HF or Meta directory, hub id) into the reference and canonical forms,
+and read a model's shapes alone (`model_shape`: a known name or any HF config.json) for the performance model.
 
 Names load on first use, so reading a config (`tunelab.models.config`) does not import torch or transformers.
 """
@@ -19,6 +20,9 @@ _EXPORTS = {
     "LoadedModel": "loader",
     "fingerprint": "loader",
     "load_model": "loader",
+    "KNOWN_MODELS": "shapes",
+    "UnknownModel": "shapes",
+    "model_shape": "shapes",
     "ALIASES": "sources",
     "Source": "sources",
     "resolve_source": "sources",

@@ -10,8 +10,8 @@ from functools import cache
 from importlib import resources
 
 from tunelab.errors import TunelabError
-from tunelab.eval.devices import Device
 from tunelab.models.config import ModelConfig
+from tunelab.perf.devices import Device
 from tunelab.presets import base_model_name
 
 __all__ = ["Unsupported", "check_supported", "max_prefill_chunk", "padded_hidden_dim"]
@@ -23,7 +23,7 @@ class Unsupported(TunelabError):
 
 @cache
 def _table() -> dict:
-    return json.loads(resources.files("tunelab.eval").joinpath("data/tt_transformers.json").read_text())
+    return json.loads(resources.files("tunelab.perf").joinpath("data/tt_transformers.json").read_text())
 
 
 def _entry(section: dict, model_name: str):

@@ -58,7 +58,7 @@ class Device:
 
 @cache
 def _catalog() -> dict[str, Device]:
-    data = json.loads(resources.files("tunelab.eval").joinpath("data/devices.json").read_text())
+    data = json.loads(resources.files("tunelab.perf").joinpath("data/devices.json").read_text())
     return {
         name: Device(
             name=name,

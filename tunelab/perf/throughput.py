@@ -4,14 +4,14 @@ Decode, per token (tensor parallel over the device's D chips; each decoder's own
 
     t = Σ_decoders [ Σ_matmuls max(bytes/D / BW, elems/D / unpack, 2·rows·elems/D / peak(phases))
                      + max(KV bytes / BW, SDPA flops / peak) + ops·t_op + n_ccl·t_collective ]
-        + LM head (bfp8, same roofline) + embedding row reads + t_host
+        + LM head (bfp8 unless given, HiFi2, same roofline) + embedding row reads + t_host
 
 with BW = spec DRAM bandwidth x microbenchmark fraction x `dram_efficiency`, rows = 32·ceil(batch/32) (a decode
 batch of 32 or fewer costs a full tile), peak(phases) = cores·4096/phases·clock, and a collective over n chips
 costing (n-1)·t_step + (n-1)/n·bytes / (links·link BW·`eth_efficiency`) (+ `ccl_2d_us` on a 2D mesh).
 Prefill (TTFT) is the same sum over S prompt tokens with compute at `prefill_efficiency` of peak (compute-bound,
 so fidelity-dependent), causal SDPA flops 2·S²·q_dim/D, weights re-read per prefill chunk, and per-op
-`prefill_op_us`. The free parameters are fitted by `tunelab perf calibrate` (`tunelab.eval.perf_calibration`).
+`prefill_op_us`. The free parameters are fitted by `tunelab perf calibrate` (`tunelab.perf.calibration`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Literal
 
 from tunelab.errors import TunelabError
-from tunelab.eval.devices import Device
-from tunelab.eval.support import check_supported, max_prefill_chunk, padded_hidden_dim
 from tunelab.models.config import ModelConfig
-from tunelab.precision import ModelPrecision, OpGroup, Precision, TensorGroup
+from tunelab.perf.devices import Device
+from tunelab.perf.support import check_supported, max_prefill_chunk, padded_hidden_dim
+from tunelab.precision import LM_HEAD_FIDELITY, MATMULS, ModelPrecision, Precision, TensorGroup
 
 __all__ = [
     "PARAMS_FILE",
@@ -46,17 +46,9 @@ PARAMS_FILE = Path(__file__).parent / "data" / "perf_params.json"
 
 TILE = 32
 DECODE_OPS = 17  # per decoder: 2 norms, QKV, heads, RoPE, cache update, SDPA, concat, WO, w1, w3, mul, w2, 2 adds, 2 casts
-LM_HEAD = Precision.BFP8  # tt_dataflow.md section 8: base ModelArgs never sets lm_head_dtype
 EMBEDDING_BYTES = 2.0  # bf16, row-major
 ACTIVATION_BYTES = 2.0  # bf16 payload of collectives
-# (tensor group, decode op group, prefill op group) of each decoder matmul.
-MATMULS = (
-    (TensorGroup.WQKV, OpGroup.LI_QKV_DECODE, OpGroup.LI_QKV_PREFILL),
-    (TensorGroup.WO, OpGroup.LI_O_DECODE, OpGroup.LI_O_PREFILL),
-    (TensorGroup.FF1_FF3, OpGroup.LI_FF1_FF3, OpGroup.LI_FF1_FF3),
-    (TensorGroup.FF2, OpGroup.LI_FF2, OpGroup.LI_FF2),
-)
-LM_HEAD_PHASES = 2  # HiFi2
+LM_HEAD_PHASES = LM_HEAD_FIDELITY.kernel.phases
 
 
 class DoesNotFit(TunelabError):
@@ -122,17 +114,23 @@ def predict(
     seq_len: int = 512,
     context_len: int | None = None,
     params: PerfParams | None = None,
+    lm_head: Precision = Precision.BFP8,
 ) -> Throughput:
     """Modelled decode tok/s/user at `context_len` tokens of context (default `seq_len`) and TTFT for a prompt of
-    `seq_len` tokens. Raises `Unsupported` / `DoesNotFit` where tt-transformers would refuse the run."""
+    `seq_len` tokens. Raises `Unsupported` / `DoesNotFit` where tt-transformers would refuse the run.
+
+    `lm_head` is the LM head's weight format (tt-transformers' `lm_head_dtype`): bfp8 unless a model sets it
+    (tt_dataflow.md section 8: base ModelArgs never does)."""
     if precision.n_layers != model.n_layers:
         raise TunelabError(f"config has {precision.n_layers} decoders but {model.name} has {model.n_layers}")
     if batch < 1 or seq_len < 1:
         raise TunelabError(f"batch and seq_len must be >= 1, got {batch} and {seq_len}")
+    if lm_head is Precision.MIXED:
+        raise TunelabError("the LM head needs a storage format (bfp4, bfp8 or bf16), not mixed")
     context_len = seq_len if context_len is None else context_len
     check_supported(model, device)
     tokens = max(seq_len, context_len)
-    weights, kv = memory_per_chip(model, precision, device, batch, tokens)
+    weights, kv = memory_per_chip(model, precision, device, batch, tokens, lm_head)
     if weights + kv > device.dram_bytes_per_chip:
         raise DoesNotFit(
             f"{model.name} does not fit on {device.name}: it needs {(weights + kv) / 1e9:.1f} GB per chip "
@@ -140,8 +138,8 @@ def predict(
             f"more than its {device.dram_bytes_per_chip / 1e9:.1f} GB"
         )
     params = params or load_params()
-    decode = decode_breakdown(model, precision, device, params, batch, context_len)
-    prefill = prefill_breakdown(model, precision, device, params, seq_len)
+    decode = decode_breakdown(model, precision, device, params, batch, context_len, lm_head)
+    prefill = prefill_breakdown(model, precision, device, params, seq_len, lm_head)
     return Throughput(
         tok_s_u=1e3 / sum(decode.values()),
         ttft_ms=sum(prefill.values()),
@@ -161,6 +159,7 @@ def decode_breakdown(
     params: PerfParams,
     batch: int,
     context_len: int,
+    lm_head: Precision = Precision.BFP8,
 ) -> dict[str, float]:
     """Milliseconds per decode step by term: weights, kv_cache, lm_head, embedding, ops, ccl, host."""
     roof = _Roofline(device, params)
@@ -168,15 +167,16 @@ def decode_breakdown(
     rows = TILE * math.ceil(batch / TILE)
     weights = kv = 0.0
     for decoder, count in Counter(precision).items():
-        for group, op, _ in MATMULS:
-            elems = shards.elements[group]
-            fmt = decoder.precision(group)
-            weights += count * roof.matmul(elems, fmt, 2 * rows * elems, decoder.fidelity(op).kernel.phases)
+        for matmul in MATMULS:
+            elems = shards.elements[matmul.tensor]
+            fmt = decoder.precision(matmul.tensor)
+            phases = decoder.fidelity(matmul.decode).kernel.phases
+            weights += count * roof.matmul(elems, fmt, 2 * rows * elems, phases)
         kv_bytes = batch * context_len * 2 * shards.kv_dim * decoder.kv_cache.bytes_per_element
         sdpa_flops = 4 * batch * shards.q_dim * context_len
         sdpa = roof.compute(sdpa_flops, decoder.sdpa_decode.kernel.phases)
         kv += count * max(kv_bytes / roof.bandwidth, sdpa)
-    lm_head = roof.matmul(shards.lm_head, LM_HEAD, 2 * rows * shards.lm_head, LM_HEAD_PHASES)
+    head = roof.matmul(shards.lm_head, lm_head, 2 * rows * shards.lm_head, LM_HEAD_PHASES)
     embedding = batch * model.dim / device.chips * EMBEDDING_BYTES / roof.bandwidth
     ops = model.n_layers * _ops_per_decoder(model) * params.op_us * 1e-6
     payload = rows * model.dim * ACTIVATION_BYTES
@@ -184,7 +184,7 @@ def decode_breakdown(
     return {
         "weights": weights * 1e3,
         "kv_cache": kv * 1e3,
-        "lm_head": lm_head * 1e3,
+        "lm_head": head * 1e3,
         "embedding": embedding * 1e3,
         "ops": ops * 1e3,
         "ccl": ccl * 1e3,
@@ -193,7 +193,12 @@ def decode_breakdown(
 
 
 def prefill_breakdown(
-    model: ModelConfig, precision: ModelPrecision, device: Device, params: PerfParams, seq_len: int
+    model: ModelConfig,
+    precision: ModelPrecision,
+    device: Device,
+    params: PerfParams,
+    seq_len: int,
+    lm_head: Precision = Precision.BFP8,
 ) -> dict[str, float]:
     """Milliseconds to the first token of a `seq_len`-token prompt by term: matmuls, sdpa, lm_head, ops, ccl, host."""
     roof = _Roofline(device, params)
@@ -203,14 +208,15 @@ def prefill_breakdown(
     chunks = tokens / chunk
     matmuls = sdpa = 0.0
     for decoder, count in Counter(precision).items():
-        for group, _, op in MATMULS:
-            elems = shards.elements[group]
+        for matmul in MATMULS:
+            elems = shards.elements[matmul.tensor]
             flops = 2 * chunk * elems
-            phases = decoder.fidelity(op).kernel.phases
-            matmuls += count * chunks * roof.matmul(elems, decoder.precision(group), flops, phases, True)
+            phases = decoder.fidelity(matmul.prefill).kernel.phases
+            fmt = decoder.precision(matmul.tensor)
+            matmuls += count * chunks * roof.matmul(elems, fmt, flops, phases, True)
         flops = 2 * tokens * tokens * shards.q_dim
         sdpa += count * roof.compute(flops, decoder.sdpa_prefill.kernel.phases) / params.prefill_efficiency
-    lm_head = roof.matmul(shards.lm_head, LM_HEAD, 2 * TILE * shards.lm_head, LM_HEAD_PHASES)
+    head = roof.matmul(shards.lm_head, lm_head, 2 * TILE * shards.lm_head, LM_HEAD_PHASES)
     ops = model.n_layers * chunks * _ops_per_decoder(model) * params.prefill_op_us * 1e-6
     # Prefill collectives are asynchronous: their transfers overlap the matmuls, only step latency shows.
     ccl_per_decoder = _collectives_per_decoder(model, device, 0.0, params.prefill_ccl_step_us, params)
@@ -218,7 +224,7 @@ def prefill_breakdown(
     return {
         "matmuls": matmuls * 1e3,
         "sdpa": sdpa * 1e3,
-        "lm_head": lm_head * 1e3,
+        "lm_head": head * 1e3,
         "ops": ops * 1e3,
         "ccl": ccl * 1e3,
         "host": params.host_ms,
@@ -226,16 +232,21 @@ def prefill_breakdown(
 
 
 def memory_per_chip(
-    model: ModelConfig, precision: ModelPrecision, device: Device, batch: int, seq_len: int
+    model: ModelConfig,
+    precision: ModelPrecision,
+    device: Device,
+    batch: int,
+    seq_len: int,
+    lm_head: Precision = Precision.BFP8,
 ) -> tuple[float, float]:
     """(weights, KV cache) DRAM bytes per chip; weights include the LM head and the embedding table."""
     shards = _shards(model, device)
     weights = sum(
-        shards.elements[group] * decoder.precision(group).bytes_per_element
+        shards.elements[matmul.tensor] * decoder.precision(matmul.tensor).bytes_per_element
         for decoder in precision
-        for group, _, _ in MATMULS
+        for matmul in MATMULS
     )
-    weights += shards.lm_head * LM_HEAD.bytes_per_element
+    weights += shards.lm_head * lm_head.bytes_per_element
     weights += model.vocab_size * model.dim / device.chips * EMBEDDING_BYTES
     kv = sum(batch * seq_len * 2 * shards.kv_dim * d.kv_cache.bytes_per_element for d in precision)
     return weights, kv

@@ -30,7 +30,7 @@ class UnknownModel(TunelabError):
 
 @cache
 def _known() -> dict[str, dict]:
-    text = resources.files("tunelab.eval").joinpath("data/model_configs.json").read_text()
+    text = resources.files("tunelab.models").joinpath("data/model_configs.json").read_text()
     return json.loads(text)
 
 

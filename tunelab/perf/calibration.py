@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.errors import TunelabError
-from tunelab.eval.devices import Device, device
-from tunelab.eval.shapes import model_shape
-from tunelab.eval.throughput import PerfParams, decode_breakdown, prefill_breakdown
 from tunelab.model_presets import model_preset
 from tunelab.models.config import ModelConfig
+from tunelab.models.shapes import model_shape
+from tunelab.perf.devices import Device, device
+from tunelab.perf.throughput import PerfParams, decode_breakdown, prefill_breakdown
 from tunelab.precision import ModelPrecision
 
 __all__ = [
@@ -106,7 +106,7 @@ class Fit:
 
 def load_calibration(path: str | Path | None = None) -> list[CalibrationRow]:
     """Calibration rows from a CSV (default: the packaged PERF.md numbers); bad files raise one line."""
-    source = Path(path) if path else resources.files("tunelab.eval").joinpath(PACKAGED_DATA)
+    source = Path(path) if path else resources.files("tunelab.perf").joinpath(PACKAGED_DATA)
     try:
         lines = [line for line in source.read_text().splitlines() if line and not line.startswith("#")]
         return [_row(record) for record in csv.DictReader(lines)]
