@@ -9,6 +9,8 @@ cache up to its own position. `teacher_forced_stepwise` runs the decode rows one
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -24,12 +26,27 @@ from tunelab.errors import ConfigError
 from tunelab.models.config import ModelConfig
 from tunelab.models.weights import ModelWeights
 from tunelab.numerics import SrcA, quantize
-from tunelab.precision import DecoderPrecision, MathFidelity, ModelPrecision, OpGroup, TensorGroup
+from tunelab.precision import (
+    LM_HEAD_FIDELITY,
+    MATMULS,
+    DecoderPrecision,
+    ModelPrecision,
+    OpGroup,
+    TensorGroup,
+)
 
-__all__ = ["EmulatedModel"]
+__all__ = ["EmulatedModel", "HiddenStates"]
 
 # The LM head is not governed by the decoder configs: HiFi2 with a bf16 Dst, `lm_head_format` weights and logits.
-LM_HEAD_KERNEL = MathFidelity.HIFI2_FP16.kernel
+LM_HEAD_KERNEL = LM_HEAD_FIDELITY.kernel
+_MATMUL = {m.tensor: m for m in MATMULS}
+
+
+class HiddenStates(NamedTuple):
+    """The residual stream entering a decoder: prefill rows [P, dim] and decode rows [D, dim]."""
+
+    prefill: torch.Tensor
+    decode: torch.Tensor
 
 
 class EmulatedModel:
@@ -64,19 +81,51 @@ class EmulatedModel:
 
     def decoders(self, precision: ModelPrecision) -> list[Decoder]:
         """The decoder layers configured by `precision` (weights come from the quantisation cache)."""
-        if precision.n_layers != self.config.n_layers:
-            raise ConfigError(
-                f"the config has {precision.n_layers} decoders but {self.config.name} has {self.config.n_layers} layers"
-            )
+        self._check_layers(precision)
         return [self._decoder(layer, decoder) for layer, decoder in enumerate(precision)]
 
     def teacher_forced(
-        self, tokens: torch.Tensor, prefill_len: int, precision: ModelPrecision
+        self,
+        tokens: torch.Tensor,
+        prefill_len: int,
+        precision: ModelPrecision,
+        *,
+        start: int = 0,
+        entering: HiddenStates | None = None,
+        on_layer: Callable[[int, HiddenStates], None] | None = None,
     ) -> torch.Tensor:
-        """Logits [D, vocab] of the D = len(tokens) - prefill_len decode positions, in one batched decode pass."""
-        decoders, caches, rope = self._setup(tokens, prefill_len, precision)
-        self._run(decoders, caches, rope, tokens[:prefill_len], "prefill", 0)
-        return self._logits(self._run(decoders, caches, rope, tokens[prefill_len:], "decode", prefill_len))
+        """Logits [D, vocab] of the D = len(tokens) - prefill_len decode positions, in one batched decode pass.
+
+        Runs layer by layer (each decoder's prefill rows fill its KV cache, then its decode rows run), which equals
+        prefilling every layer first. `entering` resumes at decoder `start` from the hidden states that entered it
+        under a config with the same decoders 0..start-1; `on_layer(i, states)` sees the states entering each
+        decoder i >= start, so a caller can keep them for such reuse.
+        """
+        if not 0 < prefill_len < len(tokens):
+            raise ValueError(f"prefill_len must be in 1..{len(tokens) - 1}, got {prefill_len}")
+        self._check_layers(precision)
+        if (entering is None) != (start == 0):
+            raise ValueError("give the hidden states entering decoder `start` exactly when start > 0")
+        rope = self._rope(len(tokens))
+        prefill = Positions.of(0, prefill_len, rope, prefill_len)
+        decode = Positions.of(prefill_len, len(tokens) - prefill_len, rope, len(tokens))
+        if entering is None:
+            tokens = tokens.to(self.device)
+            entering = HiddenStates(
+                self.embedding[tokens[:prefill_len]], self.embedding[tokens[prefill_len:]]
+            )
+        x_prefill, x_decode = entering.prefill, entering.decode
+        with torch.no_grad():
+            for layer in range(start, self.config.n_layers):
+                if on_layer is not None:
+                    on_layer(layer, HiddenStates(x_prefill, x_decode))
+                decoder, cache = (
+                    self._decoder(layer, precision[layer]),
+                    self._cache(precision[layer], len(tokens)),
+                )
+                x_prefill = decoder(x_prefill, "prefill", prefill, cache)
+                x_decode = decoder(x_decode, "decode", decode, cache)
+        return self._logits(x_decode)
 
     def teacher_forced_stepwise(
         self, tokens: torch.Tensor, prefill_len: int, precision: ModelPrecision
@@ -95,16 +144,24 @@ class EmulatedModel:
     ) -> tuple[list[Decoder], list[KVCache], tuple[torch.Tensor, torch.Tensor]]:
         if not 0 < prefill_len < len(tokens):
             raise ValueError(f"prefill_len must be in 1..{len(tokens) - 1}, got {prefill_len}")
-        c = self.config
-        decoders = self.decoders(precision)
-        caches = [
-            KVCache(
-                c.n_kv_heads, c.head_dim, len(tokens), d.precision(TensorGroup.KV_CACHE).value, self.device
+        caches = [self._cache(d, len(tokens)) for d in precision]
+        return self.decoders(precision), caches, self._rope(len(tokens))
+
+    def _check_layers(self, precision: ModelPrecision) -> None:
+        if precision.n_layers != self.config.n_layers:
+            raise ConfigError(
+                f"the config has {precision.n_layers} decoders but {self.config.name} has {self.config.n_layers} layers"
             )
-            for d in precision
-        ]
-        cos, sin = rope_tables(self.rotary_emb, len(tokens), c.head_dim)
-        return decoders, caches, (cos.to(self.device), sin.to(self.device))
+
+    def _cache(self, decoder: DecoderPrecision, length: int) -> KVCache:
+        c = self.config
+        return KVCache(
+            c.n_kv_heads, c.head_dim, length, decoder.precision(TensorGroup.KV_CACHE).value, self.device
+        )
+
+    def _rope(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = rope_tables(self.rotary_emb, length, self.config.head_dim)
+        return cos.to(self.device), sin.to(self.device)
 
     @torch.no_grad()
     def _run(
@@ -134,29 +191,22 @@ class EmulatedModel:
     def _decoder(self, layer: int, decoder: DecoderPrecision) -> Decoder:
         w, c, accumulation = self.weights.layers[layer], self.config, self.options.accumulation
 
-        def weight(group: TensorGroup, *names: str) -> SrcA:
-            return self.cache.get(layer, decoder.precision(group).value, *names)
-
-        def kernels(prefill: OpGroup, decode: OpGroup) -> tuple:
-            return decoder.fidelity(prefill).kernel, decoder.fidelity(decode).kernel
+        def linear(group: TensorGroup, *names: str) -> Linear:
+            """The weight group's matmul at its op groups' fidelities (prefill, decode)."""
+            m = _MATMUL[group]
+            prefill, decode = decoder.fidelity(m.prefill).kernel, decoder.fidelity(m.decode).kernel
+            return Linear(
+                self.cache.get(layer, decoder.precision(group).value, *names), prefill, decode, accumulation
+            )
 
         def bf16(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else quantize(tensor.to(self.device), "bf16")
 
-        ff1_3 = kernels(OpGroup.LI_FF1_FF3, OpGroup.LI_FF1_FF3)  # w1 and w3 share the FF1_FF3 config
         attention = Attention(
             config=c,
             options=self.options,
-            wqkv=Linear(
-                weight(TensorGroup.WQKV, "wqkv"),
-                *kernels(OpGroup.LI_QKV_PREFILL, OpGroup.LI_QKV_DECODE),
-                accumulation,
-            ),
-            wo=Linear(
-                weight(TensorGroup.WO, "wo"),
-                *kernels(OpGroup.LI_O_PREFILL, OpGroup.LI_O_DECODE),
-                accumulation,
-            ),
+            wqkv=linear(TensorGroup.WQKV, "wqkv"),
+            wo=linear(TensorGroup.WO, "wo"),
             sdpa_prefill=decoder.fidelity(OpGroup.SDPA_PREFILL).kernel,
             sdpa_decode=decoder.fidelity(OpGroup.SDPA_DECODE).kernel,
             activation=decoder.activation,
@@ -166,8 +216,8 @@ class EmulatedModel:
         )
         mlp = MLP(
             options=self.options,
-            w1_w3=Linear(weight(TensorGroup.FF1_FF3, "w1", "w3"), *ff1_3, accumulation),
-            w2=Linear(weight(TensorGroup.FF2, "w2"), *kernels(OpGroup.LI_FF2, OpGroup.LI_FF2), accumulation),
+            w1_w3=linear(TensorGroup.FF1_FF3, "w1", "w3"),  # w1 and w3 share the FF1_FF3 config
+            w2=linear(TensorGroup.FF2, "w2"),
             activation=decoder.activation,
         )
         return Decoder(
