@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_DIR := studies/demo
+DEMO_STUDY ?= smollm2-n150
+DEMO_SPACE ?= blocks:4
 DEMO_WINDOWS ?= 2
+DEMO_TRIALS ?= 40
 
 .PHONY: venv ttnn-venv lint test demo benchmark clean
 
@@ -31,20 +33,15 @@ lint: venv
 test: venv ttnn-venv lint
 	$(BIN)/python -m pytest -q
 
-# Evaluate tt-transformers' presets on the embedded default model (SmolLM2-135M-Instruct): export each as a
-# decoder_config JSON, score it against the cached HF reference and predict its speed on an N150.
+# The main job: a Pareto search on the embedded default model (SmolLM2-135M-Instruct) for an N150, starting from
+# tt-transformers' presets; prints the front, exports the most accurate config at least as fast as the performance
+# preset as decoder_config JSON, and writes the plots. Re-running resumes the same study.
 demo: venv
-	mkdir -p $(DEMO_DIR)
-	$(BIN)/tunelab reference build --model smollm2-135m --windows $(DEMO_WINDOWS)
-	for preset in performance accuracy bf16; do \
-		$(BIN)/tunelab config convert --preset $$preset --model SmolLM2-135M-Instruct --layers 30 \
-			-o $(DEMO_DIR)/smollm2-135m_$$preset.json && \
-		$(BIN)/tunelab eval --model smollm2-135m --config $(DEMO_DIR)/smollm2-135m_$$preset.json \
-			--windows $(DEMO_WINDOWS) && \
-		$(BIN)/tunelab perf predict --model HuggingFaceTB/SmolLM2-135M-Instruct --mesh-device N150 \
-			--config $(DEMO_DIR)/smollm2-135m_$$preset.json || exit 1; \
-	done
-	$(BIN)/tunelab run --model smollm2-135m --preset performance
+	$(BIN)/tunelab study create $(DEMO_STUDY) --model smollm2-135m --mesh-device N150 --space $(DEMO_SPACE) \
+		--windows $(DEMO_WINDOWS) --exist-ok
+	$(BIN)/tunelab study run $(DEMO_STUDY) --trials $(DEMO_TRIALS)
+	$(BIN)/tunelab study export $(DEMO_STUDY) --as-fast-as performance -o studies/$(DEMO_STUDY)-best.json
+	$(BIN)/tunelab study plot $(DEMO_STUDY) -o studies/plots
 
 benchmark: venv
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -138,6 +138,14 @@ def test_export_writes_a_valid_complete_config(env, tmp_path):
     assert export_trial(preset, tmp_path / "p.json", "org/tiny", "N150", 2).optimizations.startswith(
         "precision_cfg = {"
     )
+    perf = next(r for r in records if r.preset == "performance").metrics
+    as_fast = choose(records, members, as_fast_as="performance")
+    assert as_fast.metrics.tok_s_u >= perf.tok_s_u
+    assert as_fast.metrics.top1 == max(
+        m.record.metrics.top1 for m in members if m.record.metrics.tok_s_u >= perf.tok_s_u
+    )
+    with pytest.raises(TunelabError, match="no trial of the 'bf16' warm start"):
+        choose(records, members, as_fast_as="bf16")
     best_top1 = max(m.record.metrics.top1 for m in members)
     assert choose(records, members, min_top1=best_top1).metrics.top1 == best_top1
     with pytest.raises(TunelabError, match="no front member reaches"):
@@ -260,3 +268,69 @@ def test_spec_round_trips_through_the_study(env, tmp_path):
     runner, url = new_study(env, tmp_path, sampler="random", min_top1=0.5, max_dram_gb=10.0, seed=3)
     _, spec = load_spec("s", url)
     assert spec == runner.spec and spec.min_top1 == 0.5 and spec.seed == 3
+
+
+def test_verify_rescores_the_front_and_the_front_then_uses_verified_metrics(env, tmp_path):
+    from dataclasses import replace
+
+    from tunelab.evaluator import emulated_evaluator
+    from tunelab.search.verify import outside_interval, verify_front
+
+    runner, _ = new_study(env, tmp_path)
+    runner.run(6)
+    _, settings, _, refs = env
+    careful, _ = emulated_evaluator(replace(settings, windows=None, accumulation="exact"), reference_dir=refs)
+    search_front = {m.record.number for m in front(trial_records(runner.study), runner.spec)}
+    results = verify_front(runner, careful)
+    assert results and all(v.metrics.n_windows == careful.n_windows > 2 for v in results)
+    assert {v.record.number for v in results} == search_front
+    stored = runner.store.verifications("s")
+    assert set(stored) == {v.record.number for v in results}
+    records = trial_records(runner.study, runner.store)
+    verified = [r for r in records if r.verified is not None]
+    assert verified and all(r.best is r.verified for r in verified)
+    assert all(m.verified for m in front(records, runner.spec) if m.record.number in stored)
+    for v in results:
+        assert v.flagged == outside_interval(v.record.metrics, v.metrics)
+    rows = json.loads(
+        CliRunner().invoke(app, ["study", "front", "s", "--json", "--storage", runner.storage]).output
+    )
+    assert any(r["verified"] for r in rows)
+
+
+def test_outside_interval():
+    from tunelab.evaluator import Metrics
+    from tunelab.search.verify import outside_interval
+
+    search = Metrics("k", top1=0.8, top1_ci=(0.78, 0.82))
+    assert not outside_interval(search, Metrics("k", top1=0.81))
+    assert outside_interval(search, Metrics("k", top1=0.77))
+    assert outside_interval(search, Metrics("k", top1=0.83))
+
+
+def test_dominated_choices_are_pruned_against_the_throughput_objectives(env, tmp_path):
+    runner, _ = new_study(env, tmp_path)
+    for labels in runner.space.params.values():
+        # Decode speed does not see fidelity on an N150: each format keeps only its most precise fidelity.
+        assert labels in (("BFP4/HIFI4", "BFP8/HIFI4", "BF16/HIFI4"), ("BFP4", "BFP8", "BF16"))
+    exact, _ = new_study(env, tmp_path, name="exact")
+    exact.spec = StudySpec(
+        name="exact", evaluation=env[1], space={"granularity": "per-decoder", "prune": "exact"}
+    )
+    assert len(exact.space.params["g0.FF1_FF3"]) == 11
+
+
+def test_without_dominated_keeps_what_is_cheaper_on_some_cost():
+    from tunelab.search.space import SearchSpace
+
+    space = SearchSpace.build(model_preset("defaults", "tiny-llama", 2), "uniform")
+
+    def costs(params):  # time grows with phases (a prefill-bound cost), bytes with the format
+        time = sum(space.knobs[i].parse(params[n])[1].kernel.phases for i, n in enumerate(params) if i < 4)
+        size = sum({"BFP4": 1, "BFP8": 2, "BF16": 4}[params[n].split("/")[0]] for n in params)
+        return [time, size]
+
+    labels = space.without_dominated(costs).params["g0.FF2"]
+    assert "BFP8/LOFI" in labels and "BFP8/HIFI4" in labels  # cheaper vs more precise: both stay
+    assert "BFP8/HIFI2_FP16" not in labels  # HIFI2 costs the same and has an fp32 Dst
+    assert "BFP4/HIFI2" in labels and "BF16/LOFI" in labels

@@ -25,6 +25,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     except OSError as exc:
         raise TunelabError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
+        os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -35,3 +36,9 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
             os.unlink(tmp)
         raise TunelabError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

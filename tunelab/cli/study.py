@@ -114,11 +114,14 @@ def create(
     prefill: PrefillOpt = 512,
     layers: LayersOpt = None,
     storage: StorageOpt = None,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Keep an existing study of the same name and settings.")
+    ] = False,
 ) -> None:
     """Create a study: model, Tenstorrent system, search space, sampler, objectives and constraints."""
     from tunelab.evaluator import EvaluationSettings
     from tunelab.search.samplers import SAMPLERS
-    from tunelab.search.study import StudySpec, create_study
+    from tunelab.search.study import StudySpec, create_study, list_studies, load_spec
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown --sampler {sampler!r} (expected one of {', '.join(SAMPLERS)})")
@@ -166,6 +169,14 @@ def create(
         seed_configs=tuple(seed_configs),
     )
     url = _storage(name, storage)
+    if exist_ok and name in {s["name"] for s in list_studies(url)}:
+        _, existing = load_spec(name, url)
+        if existing != spec:
+            raise TunelabError(
+                f"study {name} exists in {url} with other settings; delete it or pick another name"
+            )
+        typer.echo(f"study {name} exists in {url} with these settings: `tunelab study run {name}` resumes it")
+        return
     create_study(spec, url)
     typer.echo(f"created study {name} ({model} on {target}, {space}, {sampler}) in {url}")
 
@@ -417,6 +428,12 @@ def export(
         float | None, typer.Option(help="Export the fastest front member with at least this top-1.")
     ] = None,
     fastest: Annotated[bool, typer.Option("--fastest", help="Export the fastest front member.")] = False,
+    as_fast_as: Annotated[
+        str | None,
+        typer.Option(
+            help="Export the most accurate front member at least as fast as this warm start (a preset)."
+        ),
+    ] = None,
     storage: StorageOpt = None,
 ) -> None:
     """Write a trial's complete decoder_config JSON (validated) and print how tt-transformers runs it."""
@@ -426,7 +443,8 @@ def export(
 
     runner = StudyRunner(name, _storage(name, storage))
     records = trial_records(runner.study, runner.store)
-    record = choose(records, front(records, runner.spec), trial=trial, min_top1=min_top1, fastest=fastest)
+    members = front(records, runner.spec)
+    record = choose(records, members, trial=trial, min_top1=min_top1, fastest=fastest, as_fast_as=as_fast_as)
     model = runner.spec.evaluation.model
     hf_model = ALIASES[model].hf_id if model in ALIASES else model
     n_layers = len(record.config.get("decoders", {}))

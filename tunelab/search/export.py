@@ -35,10 +35,12 @@ def choose(
     trial: int | None = None,
     min_top1: float | None = None,
     fastest: bool = False,
+    as_fast_as: str | None = None,
 ) -> TrialRecord:
-    """Exactly one of: trial N (any complete trial), the fastest front member with top-1 >= X, the fastest one."""
-    if sum((trial is not None, min_top1 is not None, fastest)) != 1:
-        raise ConfigError("give exactly one of --trial N, --min-top1 X or --fastest")
+    """Exactly one of: trial N (any complete trial), the fastest front member with top-1 >= X, the fastest one,
+    or the most accurate one at least as fast as a warm start (a preset's name)."""
+    if sum((trial is not None, min_top1 is not None, fastest, as_fast_as is not None)) != 1:
+        raise ConfigError("give exactly one of --trial N, --min-top1 X, --fastest or --as-fast-as PRESET")
     if trial is not None:
         for r in records:
             if r.number == trial:
@@ -46,6 +48,15 @@ def choose(
         raise TunelabError(f"trial {trial} is not a complete trial of this study")
     if not members:
         raise TunelabError("the study has no feasible front yet: run some trials first")
+    if as_fast_as is not None:
+        preset = next((r for r in records if r.preset == as_fast_as), None)
+        if preset is None:
+            raise TunelabError(f"the study has no trial of the {as_fast_as!r} warm start")
+        speed = preset.best.tok_s_u or 0.0
+        pool = [m for m in members if (m.record.best.tok_s_u or 0.0) >= speed]
+        if not pool:
+            raise TunelabError(f"no front member is as fast as {as_fast_as} ({speed:.2f} tok/s/u)")
+        return max(pool, key=lambda m: m.record.best.top1 or 0.0).record
     pool = [m for m in members if min_top1 is None or (m.record.best.top1 or 0.0) >= min_top1]
     if not pool:
         best = max((m.record.best.top1 or 0.0) for m in members)

@@ -6,7 +6,8 @@ learns that additive table exactly from a few hundred cheap calls. Accuracy obje
 surrogate over the same one-hot choices plus shared per-knob features (lowering FF2 costs about the same in every
 group), fitted to the trials so far. Each proposal draws one surrogate from the posterior (Thompson sampling),
 predicts every candidate (mutations of the current front and random configs), and takes the candidate with the
-largest hypervolume improvement over the observed front; when none improves it, the one closest to improving.
+largest hypervolume improvement over the observed front (measured from the study's reference point, the warm
+starts' nadir, so proposals aim beyond the presets); when none improves it, the one closest to improving.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from tunelab.search.space import SearchSpace
 __all__ = ["SAMPLERS", "AdditiveSampler", "make_sampler"]
 
 SAMPLERS = ("tpe", "additive", "nsga2", "gp", "random")
+HV_REFERENCE_ATTR = (
+    "tunelab_hv_reference"  # the study's hypervolume reference point, once its warm starts ran
+)
 Cheap = Mapping[int, Callable[[dict[str, str]], float]]
 
 
@@ -184,7 +188,7 @@ class AdditiveSampler(BaseSampler):
             else:
                 w, b = weights[j]
                 predicted[:, j] = Xc @ w + b
-        reference = self._reference(values, maximise)
+        reference = study.user_attrs.get(HV_REFERENCE_ATTR) or self._reference(values, maximise)
         front_points = values[front_idx]
         base_volume = hypervolume(front_points.tolist(), maximise, reference)
         gains = np.array(

@@ -14,9 +14,10 @@ the cheaper is offered. math_approx_mode is SFPU-only and never separates two ma
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +112,9 @@ class Knob:
         fidelities = {} if fidelity is None else dict.fromkeys(self.ops, fidelity)
         return decoder.overlay({self.tensor: fmt}, fidelities)
 
-    def nearest(self, decoder: DecoderPrecision) -> str:
-        """The choice closest to a decoder's own setting (for configs the space does not contain exactly)."""
+    def nearest(self, decoder: DecoderPrecision, allowed: Sequence[str] | None = None) -> str:
+        """The choice (among `allowed` labels) closest to a decoder's own setting (for configs the space does not
+        contain exactly)."""
         fmt = decoder.precision(self.tensor)
         fidelity = decoder.fidelity(self.ops[0]) if self.ops else None
 
@@ -128,7 +130,17 @@ class Knob:
             )
             return (not same_fmt, not same_effect, phases)
 
-        return self.label(min(self.choices, key=distance))
+        pool = [c for c in self.choices if allowed is None or self.label(c) in allowed]
+        return self.label(min(pool, key=distance))
+
+    def rank(self, label: str) -> tuple[int, int, bool]:
+        """How precise a choice is: (format, effective phase products, fp32 Dst); higher is more precise."""
+        fmt, fidelity = self.parse(label)
+        order = (Precision.BFP4, Precision.BFP8, Precision.BF16)
+        if fidelity is None:
+            return order.index(fmt), 0, False
+        terms, fp32, _ = effective_kernel(fidelity, fmt)
+        return order.index(fmt), len(terms), fp32
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,7 @@ class SearchSpace:
     knobs: tuple[Knob, ...]
     granularity: str = "blocks:4"
     spec: dict[str, Any] = field(default_factory=dict, compare=False)
+    allowed: dict[str, tuple[str, ...]] | None = None  # per parameter, the labels kept (default: all)
 
     @classmethod
     def build(
@@ -219,7 +232,12 @@ class SearchSpace:
     @property
     def params(self) -> dict[str, tuple[str, ...]]:
         """Every parameter name with its choices, in a stable order."""
-        return {self.param_name(g, k): k.labels for g in range(len(self.groups)) for k in self.knobs}
+        allowed = self.allowed or {}
+        return {
+            (name := self.param_name(g, k)): allowed.get(name, k.labels)
+            for g in range(len(self.groups))
+            for k in self.knobs
+        }
 
     @property
     def size(self) -> int:
@@ -247,12 +265,40 @@ class SearchSpace:
         params = {}
         for g, layers in enumerate(self.groups):
             for knob in self.knobs:
-                votes = Counter(knob.nearest(precision[layer]) for layer in layers)
-                params[self.param_name(g, knob)] = votes.most_common(1)[0][0]
+                name = self.param_name(g, knob)
+                allowed = self.params[name]
+                votes = Counter(knob.nearest(precision[layer], allowed) for layer in layers)
+                params[name] = votes.most_common(1)[0][0]
         return params
 
     def contains(self, precision: ModelPrecision) -> bool:
         return self.decode(self.encode(precision)) == precision
+
+    def without_dominated(self, costs: Callable[[dict[str, str]], Sequence[float]]) -> SearchSpace:
+        """The space without choices that are less precise than another choice of the same parameter and no cheaper
+        on any of `costs` (lower is better; e.g. time per token), measured by changing one parameter at a time.
+
+        Pruning assumes the costs are additive over parameters, as the throughput model is."""
+        params = self.params
+        base = {name: labels[-1] for name, labels in params.items()}
+        allowed = {}
+        for g in range(len(self.groups)):
+            for knob in self.knobs:
+                name = self.param_name(g, knob)
+                cost = {label: tuple(costs({**base, name: label})) for label in params[name]}
+
+                def dominated(label: str, knob: Knob = knob, cost: dict = cost) -> bool:
+                    rank = knob.rank(label)
+                    return any(
+                        other != label
+                        and all(a >= b for a, b in zip(knob.rank(other), rank, strict=True))
+                        and knob.rank(other) != rank
+                        and all(a <= b for a, b in zip(cost[other], cost[label], strict=True))
+                        for other in cost
+                    )
+
+                allowed[name] = tuple(label for label in params[name] if not dominated(label))
+        return dataclasses.replace(self, allowed=allowed)
 
     def describe(self, params: Mapping[str, str]) -> str:
         """A config in words: per decoder group, the searched choices."""

@@ -30,7 +30,7 @@ from tunelab.precision import ModelPrecision
 from tunelab.presets import hard_defaults
 from tunelab.search.objectives import Constraints, Objective, objectives
 from tunelab.search.pareto import hypervolume, nondominated
-from tunelab.search.samplers import make_sampler
+from tunelab.search.samplers import HV_REFERENCE_ATTR, make_sampler
 from tunelab.search.space import SearchSpace, check_granularity
 from tunelab.search.storage import ResultStore, _safe
 
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 SPEC_ATTR = "tunelab"
-HV_REFERENCE_ATTR = "tunelab_hv_reference"
 DEFAULT_SEEDS = ("defaults", "performance", "accuracy")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -288,6 +287,7 @@ class StudyRunner:
         self._factory = evaluator_factory
         self.objectives = objectives(self.spec.objectives)
         self.timings: list[dict[str, float]] = []
+        self._space: SearchSpace | None = None
 
     @property
     def evaluator(self) -> Evaluator:
@@ -306,7 +306,15 @@ class StudyRunner:
 
     @property
     def space(self) -> SearchSpace:
-        return self.spec.space_for(self.model.name, self.model.n_layers)
+        """The study's search space for its model, without dominated choices unless the spec says `prune: exact`."""
+        if self._space is None:
+            space = self.spec.space_for(self.model.name, self.model.n_layers)
+            if self.spec.space.get("prune", "dominated") == "dominated":
+                costs = _cheap_costs(self.spec, self.evaluator)
+                if costs is not None:
+                    space = space.without_dominated(lambda params: costs(space.decode(params)))
+            self._space = space
+        return self._space
 
     def complete_trials(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -425,7 +433,10 @@ class StudyRunner:
         self.study.sampler = make_sampler(self.spec.sampler, self.spec.seed, self.space, cheap)
 
         def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+            start = time.perf_counter()
             members, volume = self.refresh()
+            if self.timings:
+                self.timings[-1]["refresh"] = time.perf_counter() - start
             if on_trial is not None:
                 on_trial(trial, members, volume)
 
@@ -434,6 +445,23 @@ class StudyRunner:
             self.objective, n_trials=remaining, timeout=timeout, callbacks=[callback], catch=()
         )
         return self.complete_trials() - before
+
+
+def _cheap_costs(spec: StudySpec, evaluator: Evaluator) -> Callable[[ModelPrecision], list[float]] | None:
+    """Costs (lower is better) of a config known without an accuracy run: the study's throughput objectives and
+    the DRAM it constrains; None when there are none."""
+    names = [o for o in objectives(spec.objectives) if o.name in ("tok_s_u", "ttft_ms")]
+    if not names and spec.max_dram_gb is None:
+        return None
+
+    def costs(precision: ModelPrecision) -> list[float]:
+        m = evaluator.speed(precision)
+        values = [-o.value(m) if o.maximise else o.value(m) for o in names]
+        if spec.max_dram_gb is not None:
+            values.append(m.dram_bytes or 0.0)
+        return values
+
+    return costs
 
 
 def _cheap_objectives(runner: StudyRunner) -> dict[int, Callable[[dict[str, str]], float]]:
