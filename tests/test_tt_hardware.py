@@ -161,3 +161,17 @@ def test_evaluate_fails_in_one_line_after_the_retry(tmp_path):
     ) as exc:
         hardware.evaluate(model_preset("accuracy", "Llama-3.2-1B", 16))
     assert "\n" not in str(exc.value) and str(tmp_path / "logs") in str(exc.value)
+
+
+def test_hardware_source_scores_accuracy_and_speed_from_one_run(tmp_path):
+    from tunelab.evaluator import Evaluator, HardwareSource
+
+    machine = FakeMachine(demo=[(0, DEMO_LOG)], accuracy=[(0, ACCURACY_LOG)])
+    hardware = TTHardware(
+        "meta-llama/Llama-3.1-8B-Instruct", device("N150"), tmp_path, root=tmp_path, execute=machine
+    )
+    source = HardwareSource(hardware)
+    metrics = Evaluator(source, source).score(model_preset("performance", "Llama-3.1-8B-Instruct", 32))
+    assert metrics.kind == "measured+measured" and metrics.feasible
+    assert (metrics.top1, metrics.top5, metrics.tok_s_u, metrics.ttft_ms) == (0.90, 0.97, 28.3, 104.23)
+    assert [call[0] for call in machine.calls if call[0] != "tt-smi"].count(machine.calls[0][0]) == 2  # one run

@@ -90,7 +90,7 @@ def create(
         str | None, typer.Option(help="Fidelities offered (default LOFI,HIFI2_FP16,HIFI2,HIFI4).")
     ] = None,
     base: Annotated[str, typer.Option(help="Preset for everything not searched.")] = "defaults",
-    sampler: Annotated[str, typer.Option(help="tpe, additive, nsga2, gp or random.")] = "tpe",
+    sampler: Annotated[str, typer.Option(help="additive (default), tpe, nsga2, gp or random.")] = "additive",
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     objectives: Annotated[
         str, typer.Option(help="Objectives: top1, tok_s_u, top5, kl, ttft_ms (comma-separated).")

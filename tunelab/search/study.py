@@ -69,7 +69,7 @@ class StudySpec:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     space: dict[str, Any] = field(default_factory=lambda: {"granularity": "blocks:4"})
     base: str = "defaults"  # the preset unsearched groups come from
-    sampler: str = "tpe"
+    sampler: str = "additive"
     seed: int = 0
     objectives: tuple[str, ...] = ("top1", "tok_s_u")
     min_top1: float | None = None
