@@ -192,12 +192,16 @@ class AdditiveSampler(BaseSampler):
         reference = study.user_attrs.get(HV_REFERENCE_ATTR) or self._reference(values, maximise)
         front_points = values[front_idx]
         base_volume = hypervolume(front_points.tolist(), maximise, reference)
-        gains = np.array(
-            [
-                hypervolume([*front_points.tolist(), p.tolist()], maximise, reference) - base_volume
-                for p in predicted
-            ]
-        )
+        # Only candidates the front does not already dominate (and that beat the reference) can gain volume.
+        p_min, f_min = to_minimisation(predicted, maximise), to_minimisation(front_points, maximise)
+        r_min = to_minimisation([reference], maximise)[0]
+        covered = np.any(np.all(f_min[None, :, :] <= p_min[:, None, :], axis=2), axis=1)
+        gains = np.zeros(len(candidates))
+        for i in np.flatnonzero(~covered & np.all(p_min < r_min, axis=1)):
+            gains[i] = (
+                hypervolume([*front_points.tolist(), predicted[i].tolist()], maximise, reference)
+                - base_volume
+            )
         if gains.max() > 0:
             return candidates[int(gains.argmax())]
         # Nothing improves the front: take the candidate nearest to it (smallest additive epsilon to non-dominance).

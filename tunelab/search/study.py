@@ -286,7 +286,8 @@ class StudyRunner:
         self._evaluator = evaluator
         self._factory = evaluator_factory
         self.objectives = objectives(self.spec.objectives)
-        self.timings: list[dict[str, float]] = []
+        self.evaluation_seconds = 0.0  # inside the evaluator, for configs not in the cache
+        self.run_seconds = 0.0  # inside `run`: evaluation plus sampling, storage and bookkeeping
         self._space: SearchSpace | None = None
 
     @property
@@ -352,12 +353,13 @@ class StudyRunner:
         cached = self.store.cached(fingerprint, reference, key, evaluator.key)
         if cached is not None:
             return cached, True
+        start = time.perf_counter()
         metrics = evaluator.score(precision)
+        self.evaluation_seconds += time.perf_counter() - start
         self.store.remember(fingerprint, reference, metrics)
         return metrics, False
 
     def objective(self, trial: optuna.Trial) -> tuple[float, ...]:
-        start = time.perf_counter()
         space = self.space
         params = {
             name: trial.suggest_categorical(name, list(choices)) for name, choices in space.params.items()
@@ -371,7 +373,6 @@ class StudyRunner:
         else:
             precision = space.decode(params)
         metrics, hit = self.score(precision)
-        scored = time.perf_counter()
         trial.set_user_attr("metrics", metrics.to_dict())
         trial.set_user_attr("config_key", metrics.config_key)
         trial.set_user_attr("config", to_decoder_config(precision))
@@ -381,9 +382,6 @@ class StudyRunner:
         trial.set_user_attr("cache_hit", hit)
         for name, value in self.spec.constraints.values(metrics).items():
             trial.set_constraint(name, value)
-        self.timings.append(
-            {"score": scored - start, "bookkeeping": time.perf_counter() - scored, "hit": hit}
-        )
         return tuple(o.value(metrics) for o in self.objectives)
 
     def refresh(self) -> tuple[list[FrontMember], float | None]:
@@ -433,17 +431,17 @@ class StudyRunner:
         self.study.sampler = make_sampler(self.spec.sampler, self.spec.seed, self.space, cheap)
 
         def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-            start = time.perf_counter()
             members, volume = self.refresh()
-            if self.timings:
-                self.timings[-1]["refresh"] = time.perf_counter() - start
             if on_trial is not None:
                 on_trial(trial, members, volume)
 
-        before = self.complete_trials()
-        self.study.optimize(
-            self.objective, n_trials=remaining, timeout=timeout, callbacks=[callback], catch=()
-        )
+        before, start = self.complete_trials(), time.perf_counter()
+        try:
+            self.study.optimize(
+                self.objective, n_trials=remaining, timeout=timeout, callbacks=[callback], catch=()
+            )
+        finally:
+            self.run_seconds += time.perf_counter() - start
         return self.complete_trials() - before
 
 
