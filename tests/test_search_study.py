@@ -334,3 +334,13 @@ def test_without_dominated_keeps_what_is_cheaper_on_some_cost():
     assert "BFP8/LOFI" in labels and "BFP8/HIFI4" in labels  # cheaper vs more precise: both stay
     assert "BFP8/HIFI2_FP16" not in labels  # HIFI2 costs the same and has an fp32 Dst
     assert "BFP4/HIFI2" in labels and "BF16/LOFI" in labels
+
+
+def test_config_code_compresses_runs_of_decoders():
+    from tunelab.interop import to_decoder_config
+    from tunelab.precision import ModelPrecision, Precision, TensorGroup
+    from tunelab.search.export import config_code
+
+    low = hard_defaults().overlay({TensorGroup.FF1_FF3: Precision.BFP4, TensorGroup.KV_CACHE: Precision.BF16})
+    config = ModelPrecision((low, low, hard_defaults(), low))
+    assert config_code(to_decoder_config(config)) == "0-1:4888h 2:88888 3:4888h"

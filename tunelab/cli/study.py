@@ -250,6 +250,7 @@ def run(
 
 
 def _front_rows(runner: Any) -> list[dict[str, Any]]:
+    from tunelab.search.export import config_code
     from tunelab.search.study import front, trial_records
 
     rows = []
@@ -271,6 +272,7 @@ def _front_rows(runner: Any) -> list[dict[str, Any]]:
                 "kind": best.kind,
                 "n_windows": best.n_windows,
                 "description": m.record.description,
+                "code": config_code(m.record.config),
             }
         )
     return rows
@@ -281,8 +283,10 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 def _print_front(runner: Any) -> None:
+    from tunelab.search.export import CODE_LEGEND
+
     rows = _front_rows(runner)
-    table = Table(title=f"front of {runner.study.study_name} ({len(rows)} members)")
+    table = Table(title=f"front of {runner.study.study_name} ({len(rows)} members)", caption=CODE_LEGEND)
     for column in ("trial", "top-1", "95% interval", "top-5", "tok/s/u", "verified", "preset", "config"):
         table.add_column(column)
     for r in rows:
@@ -295,7 +299,7 @@ def _print_front(runner: Any) -> None:
             _fmt(r["tok_s_u"], 1),
             ("yes (flagged)" if r["flagged"] else "yes") if r["verified"] else "no",
             r["preset"] or "",
-            r["description"],
+            r["code"],
         )
     Console(width=220).print(table)
 

@@ -93,3 +93,25 @@ def export_trial(
     precision = parsed.precision
     optimizations = to_optimizations(precision[0]) if precision.is_uniform else None
     return Export(path, record, optimizations, tt_transformers_command(hf_model, mesh_device, path))
+
+
+_DIGIT = {"BFP4": "4", "BFP8": "8", "BF16": "h"}
+_CODE_GROUPS = ("FF1_FF3", "FF2", "WQKV", "WO", "KV_CACHE")
+CODE_LEGEND = (
+    "config: runs of decoders with their FF1_FF3 FF2 WQKV WO KV_CACHE formats (4 bfp4, 8 bfp8, h bf16)"
+)
+
+
+def config_code(config: dict) -> str:
+    """A decoder_config in a few characters: runs of decoders with the same formats, e.g. `0-7:48888 8-29:88888`."""
+    decoders = config.get("decoders", {})
+    codes = []
+    for i in range(len(decoders)):
+        tensors = decoders.get(str(i), {}).get("precision_cfg", {})
+        codes.append("".join(_DIGIT.get(tensors.get(g, ""), "?") for g in _CODE_GROUPS))
+    runs, start = [], 0
+    for i in range(1, len(codes) + 1):
+        if i == len(codes) or codes[i] != codes[start]:
+            runs.append(f"{start}:{codes[start]}" if i - 1 == start else f"{start}-{i - 1}:{codes[start]}")
+            start = i
+    return " ".join(runs)
