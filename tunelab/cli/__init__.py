@@ -7,7 +7,7 @@ import warnings
 
 import typer
 
-from tunelab.cli import config, perf, reference, run, study
+from tunelab.cli import config, perf, reference, run, sensitivity, study
 from tunelab.cli import eval as eval_
 from tunelab.errors import ConfigWarning, TunelabError
 
@@ -24,6 +24,7 @@ app.command("run")(run.run)
 app.add_typer(reference.app, name="reference")
 app.command("eval")(eval_.eval_command)
 app.add_typer(study.app, name="study")
+app.command("sensitivity")(sensitivity.sensitivity_command)
 
 
 def main() -> None:

@@ -245,7 +245,11 @@ def run(
         )
         sys.exit(130)
     elapsed = time.perf_counter() - start
-    err.print(f"ran {ran} trials in {elapsed:.0f} s")
+    overhead = ""
+    if runner.evaluation_seconds:
+        share = runner.run_seconds / runner.evaluation_seconds - 1
+        overhead = f" ({runner.evaluation_seconds:.0f} s scoring; sampling, storage and bookkeeping {100 * share:.1f}% on top)"
+    err.print(f"ran {ran} trials in {elapsed:.0f} s{overhead}")
     _print_front(runner)
 
 
