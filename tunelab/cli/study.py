@@ -231,7 +231,8 @@ def run(
                 f"trial {trial.number:3d} {label:12s} top-1 {'n/a' if top1 is None else f'{top1:.4f}'}  "
                 f"{'n/a' if speed is None else f'{speed:.1f}'} tok/s/u"
                 f"{'  (cached)' if trial.user_attrs.get('cache_hit') else ''}"
-                f"{'' if volume is None else f'  hypervolume {volume:.4f}'}"
+                f"{'' if volume is None else f'  hypervolume {volume:.4f}'}",
+                soft_wrap=True,
             )
 
     try:
@@ -249,7 +250,7 @@ def run(
     if runner.evaluation_seconds:
         share = runner.run_seconds / runner.evaluation_seconds - 1
         overhead = f" ({runner.evaluation_seconds:.0f} s scoring; sampling, storage and bookkeeping {100 * share:.1f}% on top)"
-    err.print(f"ran {ran} trials in {elapsed:.0f} s{overhead}")
+    err.print(f"ran {ran} trials in {elapsed:.0f} s{overhead}", soft_wrap=True)
     _print_front(runner)
 
 
@@ -439,9 +440,12 @@ def export(
     as_fast_as: Annotated[
         str | None,
         typer.Option(
-            help="Export the most accurate front member at least as fast as this warm start (a preset)."
+            help="Export the most accurate front member as fast as this warm start (a preset), within --tolerance."
         ),
     ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Speed tolerance of --as-fast-as, a fraction (default 0.005: 99.5%).")
+    ] = 0.005,
     storage: StorageOpt = None,
 ) -> None:
     """Write a trial's complete decoder_config JSON (validated) and print how tt-transformers runs it."""
@@ -452,7 +456,17 @@ def export(
     runner = StudyRunner(name, _storage(name, storage))
     records = trial_records(runner.study, runner.store)
     members = front(records, runner.spec)
-    record = choose(records, members, trial=trial, min_top1=min_top1, fastest=fastest, as_fast_as=as_fast_as)
+    if not 0 <= tolerance < 1:
+        raise ConfigError(f"--tolerance is a fraction in 0..1, got {tolerance}")
+    record = choose(
+        records,
+        members,
+        trial=trial,
+        min_top1=min_top1,
+        fastest=fastest,
+        as_fast_as=as_fast_as,
+        tolerance=tolerance,
+    )
     model = runner.spec.evaluation.model
     hf_model = ALIASES[model].hf_id if model in ALIASES else model
     n_layers = len(record.config.get("decoders", {}))

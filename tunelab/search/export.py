@@ -36,9 +36,11 @@ def choose(
     min_top1: float | None = None,
     fastest: bool = False,
     as_fast_as: str | None = None,
+    tolerance: float = 0.005,
 ) -> TrialRecord:
     """Exactly one of: trial N (any complete trial), the fastest front member with top-1 >= X, the fastest one,
-    or the most accurate one at least as fast as a warm start (a preset's name)."""
+    or the most accurate one at least as fast as a warm start (a preset's name), within `tolerance` of its speed
+    (the throughput model's own error is larger than half a percent)."""
     if sum((trial is not None, min_top1 is not None, fastest, as_fast_as is not None)) != 1:
         raise ConfigError("give exactly one of --trial N, --min-top1 X, --fastest or --as-fast-as PRESET")
     if trial is not None:
@@ -52,7 +54,7 @@ def choose(
         preset = next((r for r in records if r.preset == as_fast_as), None)
         if preset is None:
             raise TunelabError(f"the study has no trial of the {as_fast_as!r} warm start")
-        speed = preset.best.tok_s_u or 0.0
+        speed = (preset.best.tok_s_u or 0.0) * (1 - tolerance)
         pool = [m for m in members if (m.record.best.tok_s_u or 0.0) >= speed]
         if not pool:
             raise TunelabError(f"no front member is as fast as {as_fast_as} ({speed:.2f} tok/s/u)")
