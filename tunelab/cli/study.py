@@ -419,7 +419,8 @@ def verify(
         flag = "  FLAGGED: outside the search interval" if v.flagged else ""
         err.print(
             f"trial {v.record.number:3d}: top-1 {_fmt(s.top1)} -> {_fmt(m.top1)} ({m.n_windows} windows, "
-            f"{accumulation}){flag}"
+            f"{accumulation}){flag}",
+            soft_wrap=True,
         )
 
     results = verify_front(runner, evaluator, on_member)
