@@ -288,6 +288,11 @@ class EmulatedAccuracy:
             yield scorer.result()
 
 
+def _fraction(x: Any) -> float | None:
+    """A fraction from a fraction or a percentage (tt-metal prints percentages)."""
+    return None if x is None else float(x) / (100.0 if float(x) > 1 else 1.0)
+
+
 class ImportedAccuracy:
     """Accuracy measured elsewhere: a JSON list of {"config": decoder_config, "top1": .., "top5": ..} objects.
 
@@ -316,13 +321,9 @@ class ImportedAccuracy:
                 row["config"], lambda _name: hard_defaults(), source=f"{self.path}: result {i}"
             )
             precision = parsed.fit(n_layers, hard_defaults())
-
-            def fraction(x: Any) -> float | None:
-                return None if x is None else float(x) / (100.0 if float(x) > 1 else 1.0)
-
             self.results[config_key(precision)] = {
-                "top1": fraction(row["top1"]),
-                "top5": fraction(row.get("top5")),
+                "top1": _fraction(row["top1"]),
+                "top5": _fraction(row.get("top5")),
             }
         self._digest = _digest(sorted(self.results.items()))
 

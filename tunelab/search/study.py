@@ -289,6 +289,7 @@ class StudyRunner:
         self.evaluation_seconds = 0.0  # inside the evaluator, for configs not in the cache
         self.run_seconds = 0.0  # inside `run`: evaluation plus sampling, storage and bookkeeping
         self._space: SearchSpace | None = None
+        self._warm_starts: list[tuple[str, ModelPrecision]] | None = None
 
     @property
     def evaluator(self) -> Evaluator:
@@ -320,6 +321,13 @@ class StudyRunner:
     def complete_trials(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
+    @property
+    def warm_starts(self) -> list[tuple[str, ModelPrecision]]:
+        """The study's warm starts for its model (computed once)."""
+        if self._warm_starts is None:
+            self._warm_starts = self.spec.warm_starts(self.model.name, self.model.n_layers)
+        return self._warm_starts
+
     def enqueue_warm_starts(self) -> int:
         """Enqueue each warm start that has no complete or waiting trial yet; returns how many were enqueued."""
         space = self.space
@@ -328,7 +336,7 @@ class StudyRunner:
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
         }
         enqueued = 0
-        for name, precision in self.spec.warm_starts(self.model.name, self.model.n_layers):
+        for name, precision in self.warm_starts:
             key = config_key(precision)
             if key in present:
                 continue
@@ -402,7 +410,7 @@ class StudyRunner:
             ],
         )
         ref = self.study.user_attrs.get(HV_REFERENCE_ATTR)
-        warm = len(self.spec.warm_starts(self.model.name, self.model.n_layers)) if self._evaluator else 0
+        warm = len(self.warm_starts) if self._evaluator else 0
         if ref is None and len(records) >= max(warm, 1):
             ref = hv_reference(records, self.objectives)
             if ref is not None:
