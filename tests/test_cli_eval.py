@@ -1,14 +1,14 @@
 """`tunelab reference ...` and `tunelab eval` in-process on a tiny Llama saved as a HF directory (the real loader)."""
 
 import json
-import sys
 import time
 
 import pytest
 import tiny_lm
+from cli_entry import run_main
 from typer.testing import CliRunner
 
-from tunelab.cli import app, main
+from tunelab.cli import app
 from tunelab.interop import write_decoder_config
 from tunelab.model_presets import model_preset
 
@@ -28,15 +28,6 @@ def refs(tmp_path):
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """The console entry point, as a user runs it: TunelabError -> one line on stderr and exit status 2."""
-    monkeypatch.setattr(sys, "argv", ["tunelab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_build_then_cache_hit_under_a_second(model_dir, refs):

@@ -4,16 +4,16 @@ emulator against a real reference, real SQLite)."""
 import itertools
 import json
 import math
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tiny_lm
+from cli_entry import run_main
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from tunelab.cli import app, main
+from tunelab.cli import app
 from tunelab.evaluator import EvaluationSettings, Metrics, config_key, emulated_evaluator
 from tunelab.interop import to_decoder_config
 from tunelab.model_presets import model_preset
@@ -240,14 +240,6 @@ def test_rank_correlation_is_one_for_a_monotone_measurement(tiny, profiled):
     assert rank_correlation(model, records) == pytest.approx(1.0)
     assert rank_correlation(model, records[::-1]) == pytest.approx(1.0)
     assert math.isnan(rank_correlation(model, records[:1]))
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["tunelab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):

@@ -2,16 +2,16 @@
 
 import itertools
 import json
-import sys
 import time
 
 import optuna
 import pytest
 import tiny_search
+from cli_entry import run_main
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from tunelab.cli import app, main
+from tunelab.cli import app
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.interop import read_decoder_config, write_decoder_config
 from tunelab.model_presets import model_preset
@@ -226,14 +226,6 @@ def test_cli_create_run_front_export_show_list_delete(env, tmp_path, monkeypatch
     deleted = invoke("study", "delete", "t", "--yes", *common)
     assert deleted.exit_code == 0
     assert optuna.get_all_study_summaries(url) == []
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["tunelab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_cli_errors_are_one_line(env, tmp_path, monkeypatch, capsys):

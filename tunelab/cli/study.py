@@ -412,7 +412,6 @@ def verify(
     evaluator, _ = emulated_evaluator(
         settings, reference_dir=reference_dir, on_load=lambda s: err.print(f"loading {s} ...")
     )
-    runner._evaluator = evaluator
 
     def on_member(v: Any) -> None:
         s, m = v.record.metrics, v.metrics
