@@ -70,12 +70,20 @@ def test_unlisted_decoders_get_generic_preset_and_count_is_max_id_plus_one():
     assert accuracy.precision.decoders == (generic_accuracy("model"),) * 2
 
 
+def test_listed_decoder_without_precision_cfg_is_an_error():
+    # tt-transformers main substitutes the preset's tensor settings, whose ACTIVATION None fails its validation.
+    parsed = _parse({"decoders": {"0": {"precision_cfg": {}}, "1": {"fidelity_cfg": {}}, "2": {}}})
+    errors = [f.message for f in parsed.findings(3) if f.level == "error"]
+    assert len(errors) == 1 and errors[0].startswith("decoders 1-2 have no precision_cfg")
+
+
 def test_findings_for_too_few_and_out_of_range_decoders():
-    parsed = _parse({"decoders": {"0": {}, "1": {}}})
+    listed = {"precision_cfg": {}}
+    parsed = _parse({"decoders": {"0": listed, "1": listed}})
     errors = [f for f in parsed.findings(4) if f.level == "error"]
     assert len(errors) == 1 and "KeyError for decoders 2..3" in errors[0].message
-    parsed = _parse({"decoders": {"5": {}, "7": {}}})
-    levels = {f.level: f.message for f in parsed.findings(6)}
+    parsed = _parse({"decoders": {"5": listed, "7": listed}})
+    levels = {f.level: f.message for f in parsed.findings(6) if "partial" not in f.message}
     assert "decoder ids 7 are beyond the model's 6 decoders" in levels["warning"]
     assert "decoders 0-4 are not listed" in levels["note"]
     assert parsed.fit(6, DecoderPrecision()).n_layers == 6
@@ -105,7 +113,7 @@ def test_findings_for_too_few_and_out_of_range_decoders():
             {"decoders": {"0": {"precision_cfg": {"ACTIVATION": "MIXED"}}}},
             "ACTIVATION: invalid value 'MIXED' (expected one of BFP4, BFP8, BF16); omit ACTIVATION to keep it mixed",
         ),
-        ({"decoders": {"0": {"precision_cfg": {"WO": None}}}}, "WO: invalid value None"),
+        ({"decoders": {"0": {"precision_cfg": {"WO": None}}}}, "WO: invalid value null"),
         (
             {"decoders": {"4": {"fidelity_cfg": {"LI_FF2": "HIFI3"}}}},
             "decoder 4: fidelity_cfg: LI_FF2: invalid value 'HIFI3'",

@@ -89,10 +89,15 @@ def test_unsupported_config_is_an_infeasible_metrics_not_an_exception(env):
     m = t3k.score(perf())  # 4 attention heads do not divide over 8 chips
     assert not m.feasible and "heads" in m.reason and m.top1 is None
     huge = Evaluator(
-        evaluator.accuracy, ModelledThroughput(evaluator.model, device("N150"), batch=32, seq_len=10**8), 2
+        evaluator.accuracy, ModelledThroughput(evaluator.model, device("N150"), batch=10**7, seq_len=512), 2
     )
     m = huge.score(perf())
     assert not m.feasible and "does not fit" in m.reason
+    too_long = Evaluator(
+        evaluator.accuracy, ModelledThroughput(evaluator.model, device("N150"), seq_len=10**8), 2
+    )
+    m = too_long.score(perf())
+    assert not m.feasible and "context of 512" in m.reason
 
 
 def test_windows_bound_is_checked(env):

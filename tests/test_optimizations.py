@@ -47,7 +47,8 @@ def test_round_trip_of_a_non_default_decoder():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("ff1_3: bfp4", "precision_cfg is missing"),
+        ("ff1_3: bfp4", "unknown section 'ff1_3'"),
+        ("fidelity_cfg = {li_ff2: lofi}", "precision_cfg is missing"),
         ("precision_cfg = {ff1_3: bfp4}", "fidelity_cfg is missing"),
         ("precision_cfg = {}, fidelity_cfg = {li_ff2: lofi}", "precision_cfg is empty"),
         (

@@ -1,6 +1,6 @@
 """Errors tunelab reports to users as one clear line."""
 
-__all__ = ["ConfigError", "ConfigWarning", "TunelabError"]
+__all__ = ["ConfigError", "ConfigWarning", "TunelabError", "TunelabWarning"]
 
 
 class TunelabError(Exception):
@@ -11,5 +11,9 @@ class ConfigError(TunelabError):
     """A precision config (decoder_config JSON, `--optimizations` string, preset name) that cannot be used."""
 
 
-class ConfigWarning(UserWarning):
+class TunelabWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one `warning:` line."""
+
+
+class ConfigWarning(TunelabWarning):
     """A config that works but probably does not do what its author meant (e.g. an override file's stray id)."""

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunelab.errors import ConfigError, ConfigWarning
+from tunelab.files import shown
 from tunelab.interop.decoder_json import read_decoder_config
-from tunelab.precision import DecoderPrecision, ModelPrecision
+from tunelab.precision import DecoderPrecision, ModelPrecision, check_decoder_count
 from tunelab.presets import (
     full_precision,
     generic_accuracy,
@@ -26,7 +27,7 @@ from tunelab.presets import (
     model_basename,
 )
 
-__all__ = ["PRESETS", "model_preset", "override_file", "override_root"]
+__all__ = ["PRESETS", "checked_model_name", "model_preset", "override_file", "override_root"]
 
 BUNDLED_MODEL_PARAMS = Path(__file__).parent / "model_params"
 _GENERIC: dict[str, Callable[[str], DecoderPrecision]] = {
@@ -36,6 +37,7 @@ _GENERIC: dict[str, Callable[[str], DecoderPrecision]] = {
     "bf16": lambda _model_name: full_precision(),
 }
 PRESETS = tuple(_GENERIC)
+_MAX_NAME = 255  # a directory name: tt-transformers takes model_name from HF_MODEL's last component
 
 
 def override_root() -> Path:
@@ -52,16 +54,26 @@ def override_file(model_name: str, preset: str) -> Path | None:
     """tt-transformers' per-model override file for `preset`, if one exists (`model_name` = HF basename)."""
     if preset not in ("performance", "accuracy"):
         return None
-    path = override_root() / model_basename(model_name) / f"{preset}_decoder_config.json"
+    path = override_root() / checked_model_name(model_name) / f"{preset}_decoder_config.json"
     return path if path.is_file() else None
+
+
+def checked_model_name(model_name: str) -> str:
+    """The HF basename tt-transformers uses as model_name; one that cannot name a model is a ConfigError."""
+    name = model_basename(model_name)
+    if not name or name in (".", "..") or len(name) > _MAX_NAME or not name.isprintable():
+        raise ConfigError(
+            f"model name {shown(name)} cannot name a model (expected a Hugging Face model name or its "
+            f"directory name, at most {_MAX_NAME} printable characters)"
+        )
+    return name
 
 
 def model_preset(preset: str, model_name: str, n_layers: int) -> ModelPrecision:
     """The per-decoder config tt-transformers builds for `preset` on a model of `n_layers` decoders."""
     if preset not in _GENERIC:
-        raise ConfigError(f"unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
-    if n_layers < 1:
-        raise ConfigError(f"--layers must be >= 1, got {n_layers}")
+        raise ConfigError(f"unknown preset {shown(preset)} (expected one of {', '.join(PRESETS)})")
+    check_decoder_count(n_layers, "--layers")
     generic = _GENERIC[preset]
     path = override_file(model_name, preset)
     if path is None:

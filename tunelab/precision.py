@@ -11,9 +11,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from tunelab.errors import ConfigError
+
 __all__ = [
     "LM_HEAD_FIDELITY",
     "MATMULS",
+    "MAX_DECODERS",
     "DecoderPrecision",
     "KernelConfig",
     "MathFidelity",
@@ -22,7 +25,12 @@ __all__ = [
     "OpGroup",
     "Precision",
     "TensorGroup",
+    "check_decoder_count",
 ]
+
+# The most decoders a config may describe. The largest model tt-transformers runs (Llama-3.1-405B) has 126
+# decoders; 1024 leaves room for larger ones while bounding what a mistyped id or --layers makes tunelab allocate.
+MAX_DECODERS = 1024
 
 
 class TensorGroup(str, Enum):
@@ -145,6 +153,20 @@ MATMULS: tuple[Matmul, ...] = (
 
 # The LM head is not governed by the decoder configs: tt-transformers runs it at HiFi2 with a bf16 Dst.
 LM_HEAD_FIDELITY = MathFidelity.HIFI2_FP16
+
+
+def check_decoder_count(count: int, what: str) -> int:
+    """`count` if it is a decoder count a model can have (1..MAX_DECODERS), else a one-line ConfigError."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ConfigError(f"{what} must be an integer, got {count!r:.40}")
+    if count < 1:
+        raise ConfigError(f"{what} must be >= 1, got {count}")
+    if count > MAX_DECODERS:
+        digits = str(count) if count < 10**40 else f"a {len(str(count))}-digit number"
+        raise ConfigError(
+            f"{what} must be <= {MAX_DECODERS} (the largest supported model has 126 decoders), got {digits}"
+        )
+    return count
 
 
 def _field(group: TensorGroup | OpGroup) -> str:

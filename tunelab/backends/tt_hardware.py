@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.files import atomic_write
 from tunelab.interop import write_decoder_config
 from tunelab.perf import Device, Throughput
 from tunelab.precision import ModelPrecision
@@ -163,8 +164,7 @@ class TTHardware:
 
     def evaluate(self, precision: ModelPrecision, batch: int = 1) -> Measurement:
         """Run the demo and the accuracy test on `precision` (written as a complete decoder_config file)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config_file = self.workdir / f"config-{self._runs:04d}.json"
+        config_file = _directory(self.workdir) / f"config-{self._runs:04d}.json"
         write_decoder_config(precision, config_file)
         speed = speed_job(self.root, self.hf_model, self.device, config_file, batch, self.timeout_s)
         accuracy = accuracy_job(self.root, self.hf_model, self.device, config_file, self.timeout_s)
@@ -188,19 +188,22 @@ class TTHardware:
             if attempt:
                 self._reset()
             self._runs += 1
-            log_path = self.workdir / "logs" / f"{self._runs:04d}-{self.device.name}-{job.name}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path = (
+                _directory(self.workdir / "logs") / f"{self._runs:04d}-{self.device.name}-{job.name}.log"
+            )
             try:
                 done = self.execute(
                     list(job.argv), env=dict(job.env), cwd=job.cwd, capture_output=True, text=True,
                     timeout=job.timeout_s,
                 )  # fmt: skip
+            except OSError as exc:
+                raise HardwareRunFailed(f"{job.name} run could not start: {exc.strerror or exc}") from None
             except subprocess.TimeoutExpired as exc:
-                log_path.write_text(_text(exc.stdout) + _text(exc.stderr))
+                atomic_write(log_path, _text(exc.stdout) + _text(exc.stderr))
                 problem = f"timed out after {job.timeout_s:.0f} s"
                 continue
             log = _text(done.stdout) + _text(done.stderr)
-            log_path.write_text(log)
+            atomic_write(log_path, log)
             if done.returncode != 0:
                 problem = f"exit status {done.returncode}"
                 continue
@@ -221,6 +224,15 @@ class TTHardware:
             raise HardwareRunFailed(
                 f"device reset `{' '.join(RESET)}` failed with exit status {done.returncode}"
             )
+
+
+def _directory(path: Path) -> Path:
+    """`path`, created if missing; one that cannot be (a file is in the way, no permission) is one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunelabError(f"{path}: cannot create the directory: {exc.strerror or exc}") from None
+    return path
 
 
 def _env(root: Path, hf_model: str, device: Device) -> dict[str, str]:

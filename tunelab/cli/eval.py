@@ -31,12 +31,14 @@ from tunelab.cli.options import (
     emulator_options,
     torch_device,
 )
+from tunelab.errors import TunelabError
 from tunelab.eval.corpus import WindowSpec
 from tunelab.eval.reference import DEFAULT_TOP_K, ReferenceStore, check_fingerprint
 from tunelab.interop import config_source, resolve_config
 
 
 def eval_command(
+    ctx: typer.Context,
     model: ModelOpt = "smollm2-135m",
     config: ConfigOpt = None,
     preset: PresetOpt = None,
@@ -64,10 +66,11 @@ def eval_command(
     options = emulator_options(accumulation, lm_head)
     torch_device(device)
     source = config_source(preset=preset, optimizations=optimizations, config_file=config)
-    spec = WindowSpec(window_len, prefill, windows)
     store = ReferenceStore(directory)
+    given = dict(corpus=corpus, window_len=window_len, prefill=prefill, top_k=top_k)
+    stored = None if reference is None else _stored_reference(ctx, reference, store, windows, given)
 
-    ref_cli.err.print(f"loading {model} ...")
+    ref_cli.note(f"loading {model} ...")
     loaded = ref_cli.load_model(model, layers)
     precision = resolve_config(
         preset=preset,
@@ -77,11 +80,14 @@ def eval_command(
         layers=loaded.config.n_layers,
     )
     if reference is None:
+        spec = WindowSpec(window_len, prefill, windows)
         ref, _, _ = ref_cli.reference_for(
             model, corpus, spec, top_k=top_k, device=device, layers=layers, store=store, loaded=loaded
         )
     else:
-        ref = _explicit_reference(reference, loaded, store).select(windows)
+        from tunelab.eval.refpt import import_refpt
+
+        ref = stored or import_refpt(reference, loaded, store)
     check_fingerprint(ref, loaded, model)
 
     from tunelab.backends.emulated import emulator_for
@@ -122,13 +128,30 @@ def eval_command(
         _print(result, info)
 
 
-def _explicit_reference(reference: str, loaded: Any, store: ReferenceStore) -> Any:
-    path = Path(reference)
-    if path.suffix == ".refpt" or path.is_file():
-        from tunelab.eval.refpt import import_refpt
+def _stored_reference(
+    ctx: typer.Context, reference: str, store: ReferenceStore, windows: int | None, given: dict[str, Any]
+) -> Any:
+    """The stored reference `--reference` names, its first `windows` windows, checked against the options given
+    before the model loads (None for a .refpt file: it is checked now and imported once the model is loaded)."""
+    from tunelab.eval.refpt import read_refpt
 
-        return import_refpt(path, loaded, store)
-    return store.load(store.resolve_key(reference))
+    if _is_refpt(reference):
+        _, tokens = read_refpt(reference)
+        length = tokens.shape[1]
+        built = {"corpus": (f"refpt:{Path(reference).name}", None), "top_k": (5, 5)}
+        built |= {"window_len": (length, length), "prefill": (length // 2, length // 2)}
+        ref_cli.check_given(ctx, reference, built, **given)
+        if windows not in (None, 1):
+            raise TunelabError(f"{reference} holds 1 window, not {windows}")
+        return None
+    stored = store.load(store.resolve_key(reference))
+    ref_cli.check_given(ctx, f"reference {stored.key}", ref_cli.built_with(stored.meta), **given)
+    return stored.select(windows)
+
+
+def _is_refpt(reference: str) -> bool:
+    path = Path(reference)
+    return path.suffix == ".refpt" or path.is_file()
 
 
 def _pct(x: float | None) -> str:

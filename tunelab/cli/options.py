@@ -8,12 +8,14 @@ reads it). Deprecated spellings (`--json FILE`, perf's `--device NAME`) are hidd
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.files import shown
 from tunelab.model_presets import PRESETS
 from tunelab.perf import DEVICES
 from tunelab.precision import Precision
@@ -123,23 +125,37 @@ def mesh_device(name: str | None, deprecated: str | None) -> str:
 
 
 def torch_device(device: str) -> str:
-    """A `--device` value, checked: cpu, cuda or cuda:N."""
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TunelabError(f"unknown --device {device!r} (expected cpu or cuda)")
+    """A `--device` value, checked: cpu, or cuda / cuda:N naming a GPU torch can use here."""
+    if device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d{1,3})?", device):
+        raise TunelabError(f"unknown --device {shown(device)} (expected cpu, cuda or cuda:N)")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if not count:
+        raise TunelabError(
+            f"--device {device}: torch {torch.__version__} sees no CUDA GPU here (use --device cpu)"
+        )
+    if index >= count:
+        raise TunelabError(
+            f"--device {device}: there is no GPU {index} (torch sees {count}: cuda:0..cuda:{count - 1})"
+        )
     return device
 
 
 def lm_head_format(value: str) -> Precision:
     """An `--lm-head` value, checked: bfp8 or bf16."""
     if value not in ("bfp8", "bf16"):
-        raise TunelabError(f"unknown --lm-head {value!r} (expected bfp8 or bf16)")
+        raise TunelabError(f"unknown --lm-head {shown(value)} (expected bfp8 or bf16)")
     return Precision(value)
 
 
 def emulator_options(accumulation: str, lm_head: str = "bfp8") -> EmulatorOptions:
     """EmulatorOptions from `--accumulation` and `--lm-head`, with one-line errors naming the bad option."""
     if accumulation not in ("fast", "exact"):
-        raise TunelabError(f"unknown --accumulation {accumulation!r} (expected fast or exact)")
+        raise TunelabError(f"unknown --accumulation {shown(accumulation)} (expected fast or exact)")
     fmt = lm_head_format(lm_head)
     from tunelab.backends.emulated import EmulatorOptions
 

@@ -22,6 +22,8 @@ from tunelab.cli.options import (
     lm_head_format,
     mesh_device,
 )
+from tunelab.errors import TunelabError
+from tunelab.files import writable
 from tunelab.interop import config_source, resolve_config
 from tunelab.models.config import ModelConfig
 from tunelab.models.shapes import model_shape
@@ -34,8 +36,9 @@ from tunelab.perf.calibration import (
     summary,
     write_params,
 )
-from tunelab.perf.throughput import PARAMS_FILE
 from tunelab.precision import ModelPrecision
+
+DEFAULT_OUTPUT = "perf_params.json"
 
 app = typer.Typer(help="Predict decode tokens/s/user and TTFT on Tenstorrent devices.", no_args_is_help=True)
 
@@ -107,9 +110,12 @@ def measure(
     from tunelab.backends.tt_hardware import TTHardware
 
     config_source(preset=preset, optimizations=optimizations, config_file=config)
-    hardware = TTHardware(model, device(mesh_device(mesh_device_name, deprecated_device)), workdir)
+    if batch < 1:
+        raise TunelabError(f"--batch must be at least 1, got {batch}")
+    target = device(mesh_device(mesh_device_name, deprecated_device))
     shapes = model_shape(model)
-    result = hardware.evaluate(_precision(shapes, preset, optimizations, config), batch)
+    precision = _precision(shapes, preset, optimizations, config)
+    result = TTHardware(model, target, workdir).evaluate(precision, batch)
     measured = result.throughput
     if as_json:
         typer.echo(json.dumps({**measured.to_dict(), "top1": result.top1, "top5": result.top5}))
@@ -128,14 +134,21 @@ def calibrate(
         Path | None, typer.Option(help="Calibration CSV (default: the packaged PERF.md rows).")
     ] = None,
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Where to write the parameters.")
-    ] = PARAMS_FILE,
+        Path | None,
+        typer.Option("-o", "--output", help=f"Where to write the parameters (default: ./{DEFAULT_OUTPUT})."),
+    ] = None,
     cv: Annotated[bool, typer.Option("--cv", help="Also print leave-one-model-out errors.")] = False,
 ) -> None:
-    """Refit the model's free parameters, write them with the fit error, and print it."""
+    """Refit the model's free parameters, write them with the fit error, and print it.
+
+    The packaged fit is never overwritten: `perf predict --params FILE` uses the new one."""
+    target = output or Path(DEFAULT_OUTPUT)
+    writable(target)
     rows = load_calibration(data)
     result = fit(rows)
-    write_params(result, output, str(data) if data else PACKAGED_DATA)
+    write_params(result, target, str(data) if data else PACKAGED_DATA)
+    where = "" if output else " (in the current directory; the packaged fit is unchanged)"
+    typer.echo(f"wrote {target}{where}; use it with `tunelab perf predict --params {target}`", err=True)
     for name, value in asdict(result.params).items():
         typer.echo(f"{name:20s} {value:.4g}")
     for metric, err in summary(result.errors).items():
@@ -147,7 +160,6 @@ def calibrate(
             typer.echo(
                 f"leave-one-model-out {metric}: median {err['median_abs_pct']:.1f}%, max {err['max_abs_pct']:.1f}%"
             )
-    typer.echo(f"wrote {output}", err=True)
 
 
 def _precision(

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tunelab.cli.options import (
     CorpusOpt,
@@ -27,7 +28,7 @@ from tunelab.cli.options import (
     torch_device,
 )
 from tunelab.errors import TunelabError
-from tunelab.eval.corpus import WindowSpec
+from tunelab.eval.corpus import WindowSpec, resolve_corpus
 from tunelab.eval.reference import DEFAULT_TOP_K, Reference, ReferenceStore, get_reference, request_for
 
 app = typer.Typer(
@@ -36,6 +37,13 @@ app = typer.Typer(
 )
 
 err = Console(stderr=True)
+
+
+def note(message: str) -> None:
+    """A progress line on stderr, shown only on a terminal like the progress bar: a failed command's stderr is then
+    its one error line."""
+    if err.is_terminal:
+        err.print(message)
 
 
 def load_model(source: str, n_layers: int | None) -> Any:
@@ -79,9 +87,46 @@ def reference_for(
     with progress(f"reference {Path(model).name} on {corpus}") as (set_total, advance):
         return get_reference(
             model, corpus, windows, loaded=loaded, load_model=load_model,
-            on_load=lambda source: err.print(f"loading {source} ..."), on_window=advance, on_windows=set_total,
+            on_load=lambda source: note(f"loading {source} ..."), on_window=advance, on_windows=set_total,
             **options,
         )  # fmt: skip
+
+
+def check_given(ctx: typer.Context, what: str, built: dict[str, tuple[Any, Any]], **given: Any) -> None:
+    """A one-line error when an option given on the command line disagrees with what the reference `what` was
+    built with (`built`: option name -> (shown, compared) value, as `built_with` gives); one left out takes the
+    reference's value."""
+    for name, value in given.items():
+        if not _given(ctx, name):
+            continue
+        shown, expected = built[name]
+        if (resolve_corpus(value)[1].identity() if name == "corpus" else value) != expected:
+            option = "--" + name.replace("_", "-")
+            raise TunelabError(
+                f"{option} {value} disagrees with {what}, built with {option} {shown}: leave it out to use "
+                "the reference's"
+            )
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given (on the command line or in the environment), not left at its default."""
+    source = ctx.get_parameter_source(name)  # typer's own click: its ParameterSource, compared by name
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def built_with(meta: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """What a reference was built with, by option name: (shown, compared) values (a corpus by its identity)."""
+    w = meta["windows"]
+    values = {
+        "windows": w["n_windows"],
+        "window_len": w["window_len"],
+        "prefill": w["prefill_len"],
+        "top_k": meta["top_k"],
+        "dtype": meta["dtype"],
+        "layers": meta["model"].get("n_layers"),
+    }
+    corpus = meta["corpus"]
+    return {"corpus": (corpus["name"], corpus.get("identity")), **{k: (v, v) for k, v in values.items()}}
 
 
 @app.command()
@@ -105,9 +150,9 @@ def build(
     store = ReferenceStore(directory)
     if not force:  # the fast path: no torch, no model; the tensor file's hash is still checked
         _, _, request = request_for(model, corpus, spec, top_k, dtype, layers)
-        key = store.lookup(request)
+        key = store.lookup(request)  # verified
         if key is not None:
-            meta = store.verify(key)
+            meta = store.meta(key)
             typer.echo(f"{_summary(meta)}: cache hit ({time.perf_counter() - start:.2f} s)")
             return
     reference, _, _ = reference_for(
@@ -140,32 +185,49 @@ def show(
     if key is not None:
         meta = store.verify(store.resolve_key(key))
         typer.echo(json.dumps(meta, indent=2))
-        err.print("integrity: ok (size and SHA-256 match)")
+        err.print("integrity: ok (size, SHA-256, shapes and identity match the metadata)")
         return
     entries = store.list()
     if not entries:
         typer.echo(f"no references in {store.root}")
         return
-    table = Table(title=f"references in {store.root}")
-    for column in ("key", "model", "corpus", "windows", "len/prefill", "top-k", "dtype", "origin", "created"):
-        table.add_column(column)
+    table = Table(*_COLUMNS, title=Text(f"references in {store.root}"))
     for meta in entries:
-        if "error" in meta:
-            table.add_row(meta["key"], f"[red]{meta['error']}[/red]", *[""] * 7)
-            continue
-        w = meta["windows"]
-        table.add_row(
-            meta["key"],
-            meta["model"]["name"],
-            meta["corpus"]["name"],
-            str(w["n_windows"]),
-            f"{w['window_len']}/{w['prefill_len']}",
-            str(meta["top_k"]),
-            str(meta["dtype"]),
-            meta.get("origin", "?"),
-            meta.get("created", "?"),
-        )
+        table.add_row(*(Text(str(cell), style="red" if "error" in meta else "") for cell in _row(meta)))
     Console(width=200).print(table)
+
+
+_COLUMNS = (
+    "key",
+    "status",
+    "model",
+    "corpus",
+    "windows",
+    "len/prefill",
+    "top-k",
+    "dtype",
+    "origin",
+    "created",
+)
+
+
+def _row(meta: dict[str, Any]) -> tuple[Any, ...]:
+    """A reference's row of the listing: its key, "ok" or "corrupt: <reason>", and what it was built from."""
+    if "error" in meta:
+        return meta["key"], f"corrupt: {meta['error']}"
+    w = meta["windows"]
+    return (
+        meta["key"],
+        "ok",
+        meta["model"]["name"],
+        meta["corpus"]["name"],
+        w["n_windows"],
+        f"{w['window_len']}/{w['prefill_len']}",
+        meta["top_k"],
+        meta["dtype"],
+        meta["origin"],
+        meta.get("created", "?"),
+    )
 
 
 @app.command("import")
@@ -173,15 +235,19 @@ def import_(
     file: Annotated[Path, typer.Argument(help="A tt-metal .refpt file.")],
     model: ModelOpt = "smollm2-135m",
     layers: LayersOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a stored copy (e.g. a corrupted one).")
+    ] = False,
     directory: DirOpt = None,
 ) -> None:
     """Import a tt-metal .refpt as a reference (top-5 ids only: KL is unavailable)."""
     from tunelab.eval.refpt import import_refpt, read_refpt
 
+    store = ReferenceStore(directory)
     read_refpt(file)  # a bad file fails before the model is loaded
-    err.print(f"loading {model} ...")
+    note(f"loading {model} ...")
     loaded = load_model(model, layers)
-    reference = import_refpt(file, loaded, ReferenceStore(directory))
+    reference = import_refpt(file, loaded, store, force)
     typer.echo(f"{_summary(reference.meta)}: imported from {file}")
     typer.echo(
         f"evaluate with: tunelab eval --model {model} --reference {reference.key} --preset performance"
@@ -190,6 +256,7 @@ def import_(
 
 @app.command()
 def export(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("-o", "--output", help="The .refpt file to write.")],
     model: ModelOpt = "smollm2-135m",
     corpus: CorpusOpt = "default",
@@ -209,15 +276,25 @@ def export(
     from tunelab.eval.refpt import export_refpt
 
     store = ReferenceStore(directory)
-    if key is None:
+    if output.resolve().parent == store.root.resolve():
+        raise TunelabError(
+            f"{output}: inside the reference directory {store.root}; write the .refpt elsewhere"
+        )
+    if key is not None:
+        reference = store.load(store.resolve_key(key))
+        check_given(
+            ctx, f"reference {reference.key}", built_with(reference.meta), corpus=corpus, windows=windows,
+            window_len=window_len, prefill=prefill, top_k=top_k, dtype=dtype, layers=layers,
+        )  # fmt: skip
+    else:
         spec = WindowSpec(window_len, prefill, windows)
         _, _, request = request_for(model, corpus, spec, top_k, dtype, layers)
-        key = store.lookup(request)
-        if key is None:
+        found = store.lookup(request)
+        if found is None:
             raise TunelabError(
                 f"no reference for {model} on corpus {corpus} ({window_len}/{prefill}, top-{top_k}, {dtype}) in "
                 f"{store.root}: run `tunelab reference build --model {model}` with the same options first"
             )
-    reference = store.load(store.resolve_key(key))
+        reference = store.load(found)
     export_refpt(reference, output, window)
     typer.echo(f"wrote {output} (window {window} of {reference.describe()})")

@@ -22,6 +22,8 @@ from tunelab.cli.options import (
     emulator_options,
     torch_device,
 )
+from tunelab.errors import TunelabError
+from tunelab.models.config import ModelConfig
 
 DEFAULT_TEXT = (
     "The old lighthouse keeper climbed the spiral stairs every evening, counting each step as his father had "
@@ -47,13 +49,15 @@ def run(
     import torch
 
     from tunelab.backends.emulated import emulator_for
-    from tunelab.errors import TunelabError
     from tunelab.interop import resolve_config
     from tunelab.model_presets import model_preset
     from tunelab.models import load_model
 
     options = emulator_options(accumulation)
     torch_device(device)
+    for name, value in (("--prefill", prefill), ("--layers", layers)):
+        if value is not None and value < 1:
+            raise TunelabError(f"{name} must be at least 1, got {value}")
     config = config_file(config, json_file)
     if preset is None and config is None and optimizations is None:
         preset = "performance"
@@ -67,9 +71,7 @@ def run(
         layers=n_layers,
     )
     tokens = torch.tensor(loaded.tokenizer.encode(text), dtype=torch.long)
-    prefill_len = prefill or len(tokens) // 2
-    if not 0 < prefill_len < len(tokens):
-        raise TunelabError(f"--prefill must be in 1..{len(tokens) - 1} for this {len(tokens)}-token text")
+    prefill_len = _prefill_length(len(tokens), prefill, loaded.config)
     emulator = emulator_for(loaded, options, device)
     emulated = emulator.teacher_forced(tokens, prefill_len, precision).argmax(-1).cpu()
     ceiling = (
@@ -78,6 +80,22 @@ def run(
     with torch.no_grad():
         reference = loaded.hf_model(tokens[None]).logits[0, prefill_len:].argmax(-1)
     _print(loaded.tokenizer, tokens, prefill_len, emulated, ceiling, reference, _source_name(preset, config))
+
+
+def _prefill_length(n_tokens: int, prefill: int | None, model: ModelConfig) -> int:
+    """`--prefill` (default: half the text), checked against the text's tokens and the model's context."""
+    limit = model.max_position_embeddings
+    if limit and n_tokens > limit:
+        raise TunelabError(
+            f"--text is {n_tokens} tokens, more than {model.name}'s context of {limit} (max_position_embeddings)"
+        )
+    if n_tokens < 2:
+        length = "1 token" if n_tokens == 1 else f"{n_tokens} tokens"
+        raise TunelabError(f"--text is {length}; it needs at least 2 (a prefill and a token to predict)")
+    prefill_len = n_tokens // 2 if prefill is None else prefill
+    if prefill_len >= n_tokens:
+        raise TunelabError(f"--prefill {prefill_len} must be less than the text's {n_tokens} tokens")
+    return prefill_len
 
 
 def _source_name(preset: str | None, config: Path | None) -> str:

@@ -85,15 +85,12 @@ def score_window(logits: torch.Tensor, reference: Reference, window: int) -> Win
             f"(the decode positions of a {reference.window_len}-token window with prefill {reference.prefill_len})"
         )
     ids = reference.topk_ids[window, rows].to(logits.device)  # [D, k]
-    if int(ids.max()) >= logits.shape[-1]:
-        raise TunelabError(
-            f"reference token id {int(ids.max())} is outside the candidate's vocabulary ({logits.shape[-1]})"
-        )
+    targets = reference.tokens[window, rows.start + 1 : rows.stop + 1].to(logits.device)
+    _check_ids(ids, targets, logits.shape[-1])
     logits = logits.double()
     logprobs = torch.log_softmax(logits, dim=-1)
     argmax = logits.argmax(dim=-1)
     best = logits.max(dim=-1).values
-    targets = reference.tokens[window, rows.start + 1 : rows.stop + 1].to(logits.device)
     kl = support_mass = ref_nll = None
     if reference.topk_logprobs is not None:
         ref_lp = reference.topk_logprobs[window, rows].double().to(logits.device)  # [D, k]
@@ -115,6 +112,16 @@ def score_window(logits: torch.Tensor, reference: Reference, window: int) -> Win
         ref_nll=None if ref_nll is None else ref_nll.cpu(),
         argmax=argmax.cpu(),
     )
+
+
+def _check_ids(ids: torch.Tensor, targets: torch.Tensor, vocab: int) -> None:
+    """The reference's top-k ids and true tokens must be ids of the candidate's vocabulary."""
+    for name, t in (("top-k id", ids), ("token", targets)):
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high >= vocab:
+            raise TunelabError(
+                f"reference {name} {low if low < 0 else high} is outside the candidate's vocabulary (0..{vocab - 1})"
+            )
 
 
 def block_bootstrap_ci(hits: np.ndarray, spec: Bootstrap = Bootstrap()) -> tuple[float, float]:

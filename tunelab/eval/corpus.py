@@ -105,6 +105,9 @@ class CorpusSpec:
         if "kind" not in data:
             raise CorpusError(f"{where}: a corpus spec needs a 'kind' (builtin, text, json or datasets)")
         values = {k: v for k, v in data.items() if v is not None}
+        wrong = next((k for k, v in values.items() if not isinstance(v, str)), None)
+        if wrong is not None:
+            raise CorpusError(f"{where}: {wrong} must be a string, got {json.dumps(values[wrong])[:40]}")
         path = values.get("path")
         if path is not None and base is not None and not Path(path).expanduser().is_absolute():
             values["path"] = str(base / path)
@@ -123,7 +126,10 @@ class CorpusSpec:
         h = hashlib.sha256(json.dumps(facts, sort_keys=True).encode())
         for file in self._local_files():
             h.update(f"\n{file.name}\n".encode())
-            h.update(file.read_bytes())
+            try:
+                h.update(file.read_bytes())
+            except OSError as e:
+                raise CorpusError(f"{file}: cannot read it ({e.strerror or e})") from None
         return h.hexdigest()[:16]
 
     def _local_files(self) -> list[Path]:

@@ -12,12 +12,19 @@ Storage, under `reference_logits/` (or $TUNELAB_REFERENCE_DIR, or an explicit di
   logsumexp and target_logprobs float32 [N, L-1(, k)];
 - `<key>.json`: what was computed from what (model, tokenizer, corpus, lengths, dtype, device, versions) and the
   SHA-256 and size of the tensor file, checked on every load: a modified or truncated file is a one-line error;
-- `index.json`: request -> key, so that a repeated build finds its reference without loading the model.
+  so is metadata with a missing field, a wrong type or a value out of range, or one that disagrees with the tensor
+  file: its shapes (window count and length, top-k) and the identity written into its header (model fingerprint,
+  tokenizer, window shape, dtype, top-k; for files written before that header, the key they hash to);
+- `index.json`: request -> key, so that a repeated build finds its reference without loading the model. An entry
+  is checked against the reference it names (window shape, top-k, dtype, window count); an index that is not
+  valid JSON of that shape is an error, never rewritten (deleting it loses nothing but the shortcut).
+
+All files are written atomically (`tunelab.files.atomic_write`).
 
 The key is a content hash of (model fingerprint, tokenizer, window token ids, lengths, dtype, k). The request is a
 cheap identity of what was asked: the model source's resolved files with their sizes and mtimes, the corpus spec
 with its files' content, the window spec, k, dtype and layer count. A request hit is verified against the tensor
-file's stored hash; `tunelab eval` also checks the model fingerprint it loads against the reference's
+file's stored hash; `tunelab eval` also checks the model it loads against the reference's fingerprint and tokenizer
 (`check_fingerprint`). `get_reference` is the whole lookup-or-build, loading the model only on a miss.
 """
 
@@ -28,7 +35,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -37,6 +43,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.eval.corpus import CorpusSpec, WindowSpec, _bos, make_windows, resolve_corpus
+from tunelab.files import atomic_write
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -46,6 +53,8 @@ __all__ = [
     "ReferenceStore",
     "build_reference",
     "check_fingerprint",
+    "check_options",
+    "check_positions",
     "compute_reference",
     "default_reference_dir",
     "find_reference",
@@ -239,24 +248,110 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # umask permissions
+def _short(value: Any) -> str:
+    """A value as it appears in a JSON file, cut to fit an error line."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _first_line(error: Exception) -> str:
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _corrupt(path: Path, problem: str) -> ReferenceError:
+    return ReferenceError(f"{path}: corrupt or stale reference ({problem}); rebuild it with --force")
+
+
+_KINDS = {str: "a string", int: "an integer", dict: "an object"}
+# (field, type) of every metadata field a reference needs; the first seven are what its key hashes
+_FIELDS = (
+    ("origin", str),
+    ("model.fingerprint", str),
+    ("tokenizer.hash", str),
+    ("windows.window_len", int),
+    ("windows.prefill_len", int),
+    ("dtype", str),
+    ("top_k", int),
+    ("format", str),
+    ("key", str),
+    ("model.name", str),
+    ("corpus.name", str),
+    ("windows.n_windows", int),
+    ("tensors.sha256", str),
+    ("tensors.bytes", int),
+    ("tensors.shapes", dict),
+)
+_IDENTITY = tuple(name for name, _ in _FIELDS[:7])
+ORIGINS = ("transformers", "refpt")
+
+
+def _get(meta: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        meta = meta[part]
+    return meta
+
+
+def _field(meta: Any, dotted: str, kind: type, path: Path) -> Any:
+    """meta's field `dotted` ("windows.prefill_len"), checked to be of type `kind`."""
+    value = meta
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise _corrupt(path, f"no field {dotted}")
+        value = value[part]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _corrupt(path, f"{dotted} is {_short(value)}, expected {_KINDS[kind]}")
+    return value
+
+
+def _check_meta(meta: Any, key: str, path: Path) -> None:
+    """The fields, types and ranges of a reference's metadata (one-line errors naming the field)."""
+    values = {name: _field(meta, name, kind, path) for name, kind in _FIELDS}
+    expected = {"format": FORMAT, "key": key}
+    for name, value in expected.items():
+        if values[name] != value:
+            raise _corrupt(path, f"{name} is {_short(values[name])}, expected {_short(value)}")
+    if values["origin"] not in ORIGINS:
+        raise _corrupt(path, f"origin is {_short(values['origin'])}, expected one of {', '.join(ORIGINS)}")
+    if values["origin"] == "transformers" and values["dtype"] not in DTYPES:
+        raise _corrupt(path, f"dtype is {_short(values['dtype'])}, expected one of {', '.join(DTYPES)}")
+    if values["top_k"] < 5:
+        raise _corrupt(path, f"top_k is {values['top_k']}, expected at least 5")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        WindowSpec(values["windows.window_len"], values["windows.prefill_len"], values["windows.n_windows"])
+    except TunelabError as e:
+        raise _corrupt(path, f"windows: {e}") from None
+
+
+def _expected_tensors(meta: dict[str, Any]) -> dict[str, tuple[str, list[int]]]:
+    """(safetensors dtype, shape) of each tensor a reference with this metadata may hold."""
+    n, length, k = meta["windows"]["n_windows"], meta["windows"]["window_len"], meta["top_k"]
+    rows = [n, length - 1]
+    return {
+        "tokens": ("I64", [n, length]),
+        "topk_ids": ("I64", [*rows, k]),
+        "topk_logprobs": ("F32", [*rows, k]),
+        "logsumexp": ("F32", rows),
+        "target_logprobs": ("F32", rows),
+    }
+
+
+def _identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata fields the key hashes (with the tokens), as stored in the tensor file's header."""
+    return {name: _get(meta, name) for name in _IDENTITY}
 
 
 class ReferenceStore:
-    """A directory of references (`<key>.safetensors` + `<key>.json`) with a request index (`index.json`)."""
+    """A directory of references (`<key>.safetensors` + `<key>.json`) with a request index (`index.json`).
+
+    The directory (created on the first save) must not be a file, nor lie under one.
+    """
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_reference_dir()
+        existing = next(p for p in (self.root.absolute(), *self.root.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise ReferenceError(f"{self.root}: not a directory ({existing} is a file)")
 
     def tensor_path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
@@ -271,45 +366,84 @@ class ReferenceStore:
     def exists(self, key: str) -> bool:
         return self.tensor_path(key).exists() and self.meta_path(key).exists()
 
+    def keys(self) -> list[str]:
+        """The key of every reference in the store, complete or not (a tensor or a metadata file)."""
+        paths = [*self.root.glob("*.json"), *self.root.glob("*.safetensors")]
+        return sorted({p.stem for p in paths if p.name != "index.json" and not p.name.startswith(".")})
+
     # index ------------------------------------------------------------------------------------------------------
 
-    def _index(self) -> dict[str, Any]:
+    def index(self) -> dict[str, Any]:
+        """request id -> {"key", "request"}; an unreadable or malformed index is an error (never rewritten)."""
+        path = self.index_path
         try:
-            data = json.loads(self.index_path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError):
-            return {}  # the index is only a shortcut: an unreadable one is rebuilt as references are built
-        return data if isinstance(data, dict) else {}
+        except OSError as e:
+            raise ReferenceError(f"{path}: cannot read the reference index ({e.strerror or e})") from None
+        except ValueError as e:
+            raise ReferenceError(f"{path}: not a reference index ({_first_line(e)}); {_INDEX_FIX}") from None
+        if not isinstance(data, dict):
+            raise ReferenceError(
+                f"{path}: not a reference index (a JSON {type(data).__name__}); {_INDEX_FIX}"
+            )
+        for rid, entry in data.items():
+            if not _valid_entry(entry):
+                raise ReferenceError(
+                    f"{path}: not a reference index (entry {_short(rid)} is not "
+                    f'{{"key": KEY, "request": {{...}}}}); {_INDEX_FIX}'
+                )
+        return data
 
     def lookup(self, request: dict[str, Any]) -> str | None:
-        """The key stored for a request, if its files are still there."""
-        entry = self._index().get(request_id(request))
-        key = entry.get("key") if isinstance(entry, dict) else None
-        return key if key and self.exists(key) else None
+        """The key stored for a request if its files are still there, the reference verified (`verify`) and
+        checked against the request."""
+        rid = request_id(request)
+        entry = self.index().get(rid)
+        if entry is None or not self.exists(entry["key"]):
+            return None
+        key = entry["key"]
+        if request_id(entry["request"]) != rid:
+            raise ReferenceError(f"{self.index_path}: entry {rid} records another request; {_INDEX_FIX}")
+        _check_request(self.verify(key), request, self.index_path)
+        return key
 
     def remember(self, request: dict[str, Any], key: str) -> None:
-        index = self._index()
+        index = self.index()
         index[request_id(request)] = {"key": key, "request": request}
-        _atomic_write(self.index_path, lambda p: p.write_text(json.dumps(index, indent=1, sort_keys=True)))
+        self._write(self.index_path, json.dumps(index, indent=1, sort_keys=True))
+
+    def _write(self, path: Path, data: str | bytes) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ReferenceError(
+                f"{self.root}: cannot create the reference directory ({e.strerror or e})"
+            ) from None
+        atomic_write(path, data)
 
     # metadata and integrity -------------------------------------------------------------------------------------
 
     def meta(self, key: str) -> dict[str, Any]:
+        """The metadata of a reference, its fields, types and ranges checked (one-line errors naming the field)."""
         path = self.meta_path(key)
         if not path.exists():
             if self.tensor_path(key).exists():
                 raise ReferenceError(f"{path}: missing (the reference's metadata); rebuild it with --force")
             raise ReferenceError(f"no reference {key} in {self.root}")
         try:
-            meta = json.loads(path.read_text())
-            meta["tensors"]["sha256"], meta["tensors"]["bytes"], meta["windows"]["prefill_len"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ReferenceError(f"{path}: unreadable metadata ({e}); rebuild it with --force") from None
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ReferenceError(
+                f"{path}: unreadable metadata ({_first_line(e)}); rebuild it with --force"
+            ) from None
+        _check_meta(meta, key, path)
         return meta
 
     def verify(self, key: str) -> dict[str, Any]:
-        """The metadata of a reference whose tensor file has the stored size and SHA-256 (else one-line error)."""
+        """The metadata of a reference whose tensor file has the stored size and SHA-256 and the shapes, dtypes and
+        identity (model, tokenizer, window shape, dtype, top-k) the metadata states (else a one-line error)."""
         meta = self.meta(key)
         path = self.tensor_path(key)
         if not path.exists():
@@ -323,7 +457,23 @@ class ReferenceStore:
             raise ReferenceError(
                 f"{path}: content hash mismatch (corrupted or modified); rebuild it with --force"
             )
+        self._check_tensor_file(key, meta)
         return meta
+
+    def _check_tensor_file(self, key: str, meta: dict[str, Any]) -> None:
+        """The tensor file's header (names, dtypes, shapes, key and identity) against the metadata."""
+        path, meta_path = self.tensor_path(key), self.meta_path(key)
+        header, found, tokens = _read_tensor_header(path)
+        _check_shapes(found, meta, meta_path, path.name)
+        if header.get("key") != key:
+            raise _corrupt(meta_path, f"{path.name} holds reference {_short(header.get('key'))}, not {key}")
+        if "identity" in header:
+            _check_identity(header["identity"], meta, meta_path, path.name)
+        elif _key_of(meta, tokens) != key:
+            raise _corrupt(
+                meta_path,
+                f"its {', '.join(_IDENTITY)} no longer hash to its key {key}: one of them was edited",
+            )
 
     def load(self, key: str) -> Reference:
         """Load and verify a reference."""
@@ -334,54 +484,56 @@ class ReferenceStore:
         try:
             tensors = load_file(str(path))
         except Exception as e:
-            raise ReferenceError(f"{path}: unreadable ({e}); rebuild it with --force") from None
-        missing = [name for name in ("tokens", "topk_ids") if name not in tensors]
-        if missing:
-            raise ReferenceError(f"{path}: no tensor {missing[0]!r}; rebuild it with --force")
+            raise ReferenceError(f"{path}: unreadable ({_first_line(e)}); rebuild it with --force") from None
         return Reference(key=key, meta=meta, **{name: tensors.get(name) for name in _TENSORS})
 
     def save(
         self, key: str, tensors: dict[str, Any], meta: dict[str, Any], request: dict[str, Any] | None = None
     ) -> Reference:
-        """Write the tensor file, then the metadata with its hash (both atomically), then the index entry."""
-        from safetensors.torch import save_file
+        """Write the tensor file, then the metadata with its hash (both atomically), then the index entry.
 
+        An invalid index fails before anything is written.
+        """
+        from safetensors.torch import save
+
+        if request is not None:
+            self.index()
         tensors = {name: t.contiguous() for name, t in tensors.items() if t is not None}
+        header = {"format": FORMAT, "key": key, "identity": json.dumps(_identity(meta), sort_keys=True)}
+        data = save(tensors, metadata=header)
         path = self.tensor_path(key)
-        _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT, "key": key}))
+        self._write(path, data)
         meta = {
             **meta,
             "format": FORMAT,
             "key": key,
             "tensors": {
                 "file": path.name,
-                "sha256": _file_sha256(path),
-                "bytes": path.stat().st_size,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
                 "shapes": {name: list(t.shape) for name, t in tensors.items()},
             },
         }
-        _atomic_write(self.meta_path(key), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        self._write(self.meta_path(key), json.dumps(meta, indent=2) + "\n")
         if request is not None:
             self.remember(request, key)
         return Reference(key=key, meta=meta, **{name: tensors.get(name) for name in _TENSORS})
 
     def list(self) -> list[dict[str, Any]]:
-        """Metadata of every reference in the store (unreadable ones as {"key", "error"})."""
+        """Metadata of every reference in the store, verified; one that fails as {"key", "error"}."""
         entries = []
-        for path in sorted(self.root.glob("*.json")):
-            if path.name == "index.json":
-                continue
+        for key in self.keys():
             try:
-                entries.append(self.meta(path.stem))
+                entries.append(self.verify(key))
             except ReferenceError as e:
-                entries.append({"key": path.stem, "error": str(e)})
+                entries.append({"key": key, "error": str(e)})
         return entries
 
     def resolve_key(self, prefix: str) -> str:
         """A full key from a unique prefix."""
-        if self.exists(prefix):
+        matches = [key for key in self.keys() if key.startswith(prefix)] if prefix else []
+        if prefix in matches:
             return prefix
-        matches = sorted({p.stem for p in self.root.glob(f"{prefix}*.json") if p.name != "index.json"})
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -389,6 +541,114 @@ class ReferenceStore:
         raise ReferenceError(
             f"reference prefix {prefix!r} is ambiguous in {self.root} ({', '.join(matches)})"
         )
+
+
+_INDEX_FIX = "fix or delete it (the references stay; the index only finds them faster)"
+
+
+def _valid_entry(entry: Any) -> bool:
+    """An index entry: {"key": a reference key, "request": an object}."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and entry["key"].isalnum()
+        and isinstance(entry.get("request"), dict)
+    )
+
+
+def _check_request(meta: dict[str, Any], request: dict[str, Any], index: Path) -> None:
+    """The reference an index entry points at against the request: its window shape, top-k, dtype and counts (the
+    corpus is not compared: another corpus with the same tokens shares the reference)."""
+    wanted = {
+        "origin": "transformers",
+        "windows.window_len": request.get("window_len"),
+        "windows.prefill_len": request.get("prefill_len"),
+        "top_k": request.get("top_k"),
+        "dtype": request.get("dtype"),
+        "windows.n_windows": request.get("n_windows"),
+        "model.n_layers": request.get("n_layers"),
+    }
+    for name, value in wanted.items():
+        if value is None:
+            continue
+        try:
+            found = _get(meta, name)
+        except (KeyError, TypeError):
+            found = None
+        if found != value:
+            raise ReferenceError(
+                f"{index}: the entry for this request points at reference {meta['key']}, whose {name} is "
+                f"{_short(found)}, not {_short(value)}; {_INDEX_FIX}"
+            )
+
+
+def _read_tensor_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, list[int]]], Any]:
+    """(header metadata, name -> (dtype, shape), and the tokens as lists when the header has no identity to check)
+    of a reference's tensor file, without torch."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = f.keys()
+            header = f.metadata() or {}
+            found = {
+                name: (f.get_slice(name).get_dtype(), list(f.get_slice(name).get_shape())) for name in names
+            }
+            by_key = "identity" not in header and found.get("tokens", ("",))[0] == "I64"
+            return header, found, f.get_tensor("tokens").tolist() if by_key else None
+    except Exception as e:
+        raise ReferenceError(f"{path}: unreadable ({_first_line(e)}); rebuild it with --force") from None
+
+
+def _check_shapes(
+    found: dict[str, tuple[str, list[int]]], meta: dict[str, Any], meta_path: Path, name: str
+) -> None:
+    """The tensors of a file (name -> (dtype, shape)) against what the metadata says they are."""
+    expected = _expected_tensors(meta)
+    unknown = sorted(set(found) - set(expected))
+    if unknown:
+        raise _corrupt(meta_path, f"{name} holds an unknown tensor {_short(unknown[0])}")
+    w = meta["windows"]
+    for tensor, want in expected.items():
+        if tensor not in found and tensor not in ("tokens", "topk_ids"):
+            continue
+        if found.get(tensor) != want:
+            held = (
+                "no " + tensor if tensor not in found else f"{tensor} {found[tensor][0]} {found[tensor][1]}"
+            )
+            raise _corrupt(
+                meta_path,
+                f"{name} holds {held}, but windows.n_windows {w['n_windows']}, windows.window_len "
+                f"{w['window_len']} and top_k {meta['top_k']} mean {tensor} {want[0]} {want[1]}",
+            )
+    if meta["tensors"]["shapes"] != {tensor: shape for tensor, (_, shape) in found.items()}:
+        raise _corrupt(meta_path, f"tensors.shapes does not list the shapes of the tensors in {name}")
+
+
+def _check_identity(stored: str, meta: dict[str, Any], meta_path: Path, name: str) -> None:
+    """The identity a tensor file was built with (its header) against the metadata's, naming the field that differs."""
+    try:
+        built = json.loads(stored)
+    except ValueError:
+        built = None
+    if not isinstance(built, dict):
+        raise _corrupt(meta_path, f"{name} has an unreadable identity in its header")
+    for field, value in _identity(meta).items():
+        if built.get(field) != value:
+            raise _corrupt(
+                meta_path, f"{field} is {_short(value)}, but {name} was built with {_short(built.get(field))}"
+            )
+
+
+def _key_of(meta: dict[str, Any], tokens: list[list[int]]) -> str:
+    """The key of a reference from its metadata and tokens (for tensor files whose header has no identity)."""
+    w = meta["windows"]
+    origin = meta["origin"]
+    dtype = meta["dtype"] if origin == "transformers" else f"refpt:{meta.get('corpus', {}).get('sha256')}"
+    windows = WindowSpec(w["window_len"], w["prefill_len"])
+    return reference_key(
+        meta["model"]["fingerprint"], meta["tokenizer"]["hash"], tokens, windows, dtype, meta["top_k"], origin
+    )
 
 
 def find_reference(store: ReferenceStore, request: dict[str, Any]) -> Reference | None:
@@ -440,10 +700,7 @@ def compute_reference(
     """
     import torch
 
-    if dtype not in DTYPES:
-        raise ReferenceError(f"unknown reference dtype {dtype!r} (expected {', '.join(DTYPES)})")
-    if top_k < 5:
-        raise ReferenceError(f"top-k must be at least 5 (tt-metal's top-5), got {top_k}")
+    check_options(top_k, dtype)
     torch_dtype = getattr(torch, dtype)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -495,6 +752,12 @@ def build_reference(
     import torch
 
     store = store or ReferenceStore()
+    check_options(top_k, dtype)
+    check_positions(windows.window_len, model)
+    if top_k > model.config.vocab_size:
+        raise ReferenceError(
+            f"top-k {top_k} exceeds {model.config.name}'s vocabulary ({model.config.vocab_size})"
+        )
     window_ids = make_windows(corpus, model.tokenizer, windows, corpus_name)
     tok_id = tokenizer_hash(model.tokenizer)
     key = reference_key(model.fingerprint, tok_id, window_ids, windows, dtype, top_k)
@@ -548,6 +811,7 @@ def request_for(
     model: str, corpus: str, windows: WindowSpec, top_k: int, dtype: str, layers: int | None
 ) -> tuple[str, CorpusSpec, dict[str, Any]]:
     """(corpus name, corpus spec, request) for a model source and corpus, without loading the model."""
+    check_options(top_k, dtype)
     corpus_name, spec = resolve_corpus(corpus)
     return corpus_name, spec, reference_request(source_identity(model), spec, windows, top_k, dtype, layers)
 
@@ -576,7 +840,9 @@ def get_reference(
     `on_load(model)`) is run on the windows, `on_windows(n)` and `on_window(i)` reporting progress.
     """
     corpus_name, spec, request = request_for(model, corpus, windows, top_k, dtype, layers)
-    if not force:
+    if force:
+        store.index()  # an invalid index (never rewritten) fails before any work
+    else:
         found = find_reference(store, request)
         if found is not None:
             return found, loaded, True
@@ -597,13 +863,38 @@ def _load_model(source: str, n_layers: int | None) -> Any:
     return load_model(source, n_layers=n_layers)
 
 
+def check_options(top_k: int, dtype: str) -> None:
+    """A one-line ReferenceError for a top-k or dtype no reference can have."""
+    if dtype not in DTYPES:
+        raise ReferenceError(f"unknown reference dtype {dtype!r} (expected {', '.join(DTYPES)})")
+    if top_k < 5:
+        raise ReferenceError(f"top-k must be at least 5 (tt-metal's top-5), got {top_k}")
+
+
+def check_positions(window_len: int, loaded: Any) -> None:
+    """A one-line ReferenceError when windows of `window_len` tokens exceed the model's positions."""
+    limit = loaded.config.max_position_embeddings
+    if window_len > limit:
+        raise ReferenceError(
+            f"{window_len}-token windows exceed {loaded.config.name}'s {limit} positions (max_position_embeddings)"
+        )
+
+
 def check_fingerprint(reference: Reference, loaded: Any, source: str) -> None:
-    """Raise a one-line ReferenceError when `reference` was built from other weights than `loaded` (from `source`)."""
+    """Raise a one-line ReferenceError when `reference` was built from other weights or another tokenizer than
+    `loaded` (from `source`): the fingerprint covers the vocabulary, the tokenizer hash also how it encodes."""
     built = reference.meta["model"]["fingerprint"]
+    rebuild = f"rebuild it with `tunelab reference build --model {source} --force`"
     if built != loaded.fingerprint:
         raise ReferenceError(
             f"reference {reference.key} was built from model fingerprint {built}, but {source} now has "
-            f"{loaded.fingerprint}: rebuild it with `tunelab reference build --model {source} --force`"
+            f"{loaded.fingerprint}: {rebuild}"
+        )
+    built, now = reference.meta["tokenizer"]["hash"], tokenizer_hash(loaded.tokenizer)
+    if built != now:
+        raise ReferenceError(
+            f"reference {reference.key} was built with tokenizer {built}, but {source}'s tokenizer is {now}: "
+            f"{rebuild}"
         )
 
 

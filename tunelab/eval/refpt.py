@@ -11,7 +11,9 @@ candidate works (it needs only the true tokens), KL and the reference's own perp
 
 from __future__ import annotations
 
+import io
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,11 @@ from tunelab.eval.reference import (
     ReferenceError,
     ReferenceStore,
     _file_sha256,
+    check_positions,
     reference_key,
     tokenizer_hash,
 )
+from tunelab.files import atomic_write
 
 __all__ = ["export_refpt", "import_refpt", "read_refpt"]
 
@@ -34,13 +38,20 @@ __all__ = ["export_refpt", "import_refpt", "read_refpt"]
 def read_refpt(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
     """(top5_tokens [L-1, 5], reference_tokens [1, L]) of a .refpt file, validated (one-line errors)."""
     path = Path(path)
+    if path.is_dir():
+        raise ReferenceError(f"{path}: is a directory, not a .refpt file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ReferenceError(f"{path}: no such file") from None
-    except Exception as e:
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise ReferenceError(f"{path}: not a readable .refpt file ({first})") from None
+    except OSError as e:
+        raise ReferenceError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except Exception:
+        raise ReferenceError(
+            f"{path}: not a readable .refpt file (truncated, corrupted, or not a torch.save of tensors)"
+        ) from None
     if not isinstance(data, dict) or not {"top5_tokens", "reference_tokens"} <= set(data):
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ReferenceError(f"{path}: a .refpt holds 'top5_tokens' and 'reference_tokens' (found {found})")
@@ -60,10 +71,13 @@ def read_refpt(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
     return top5[: length - 1, :5].to(torch.int64), tokens.to(torch.int64)
 
 
-def import_refpt(path: Path | str, model: Any, store: ReferenceStore | None = None) -> Reference:
+def import_refpt(
+    path: Path | str, model: Any, store: ReferenceStore | None = None, force: bool = False
+) -> Reference:
     """Store a .refpt as a reference for `model` (needs `fingerprint`, `tokenizer`, `source`, `config`).
 
-    Its key hashes the file's content with the model fingerprint, so importing the same file again is a no-op.
+    Its key hashes the file's content with the model fingerprint, so importing the same file again is a no-op
+    (unless `force`, which replaces a stored copy, e.g. a corrupted one).
     """
     path = Path(path)
     store = store or ReferenceStore()
@@ -76,10 +90,11 @@ def import_refpt(path: Path | str, model: Any, store: ReferenceStore | None = No
             "a reference file for another model?"
         )
     windows = WindowSpec.tt_metal(tokens.shape[1])
+    check_positions(windows.window_len, model)
     file_hash = _file_sha256(path)
     tok_id = tokenizer_hash(model.tokenizer)
     key = reference_key(model.fingerprint, tok_id, tokens.tolist(), windows, f"refpt:{file_hash}", 5, "refpt")
-    if store.exists(key):
+    if not force and store.exists(key):
         return store.load(key)
     meta = {
         "origin": "refpt",
@@ -107,22 +122,24 @@ def import_refpt(path: Path | str, model: Any, store: ReferenceStore | None = No
 
 
 def export_refpt(reference: Reference, path: Path | str, window: int = 0) -> Path:
-    """Write one window of a reference as a tt-metal .refpt (all L - 1 rows of its top 5)."""
+    """Write one window of a reference as a tt-metal .refpt (all L - 1 rows of its top 5), atomically: a failed
+    write leaves an existing file as it was."""
     path = Path(path)
     if not 0 <= window < reference.n_windows:
         raise ReferenceError(
             f"reference {reference.key} has windows 0..{reference.n_windows - 1}, not {window}"
         )
+    data = {
+        "top5_tokens": reference.topk_ids[window, :, :5].to(torch.int64).contiguous(),
+        "reference_tokens": reference.tokens[window : window + 1].to(torch.int64).contiguous(),
+    }
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    atomic_write(path, buffer.getvalue())
     if reference.prefill_len != reference.window_len // 2:
         print(
             f"note: tt-metal scores a .refpt with prefill {reference.window_len // 2}; this reference was "
             f"built with prefill {reference.prefill_len} (the top-5 rows are valid for any prefill)",
             file=sys.stderr,
         )
-    data = {
-        "top5_tokens": reference.topk_ids[window, :, :5].to(torch.int64).contiguous(),
-        "reference_tokens": reference.tokens[window : window + 1].to(torch.int64).contiguous(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, path)
     return path

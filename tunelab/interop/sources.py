@@ -10,9 +10,10 @@ import warnings
 from pathlib import Path
 
 from tunelab.errors import ConfigError, ConfigWarning
+from tunelab.files import shown
 from tunelab.interop.decoder_json import read_decoder_config
 from tunelab.interop.optimizations import parse_optimizations
-from tunelab.precision import DecoderPrecision, ModelPrecision
+from tunelab.precision import DecoderPrecision, ModelPrecision, check_decoder_count
 from tunelab.presets import generic_accuracy, generic_performance
 
 __all__ = ["config_source", "default_preset", "resolve_config"]
@@ -23,7 +24,7 @@ _DEFAULTS = {"performance": generic_performance, "accuracy": generic_accuracy}
 def default_preset(name: str) -> DecoderPrecision:
     """The generic preset tt-transformers gives decoders a decoder_config file does not list."""
     if name not in _DEFAULTS:
-        raise ConfigError(f"unknown --default {name!r} (expected performance or accuracy)")
+        raise ConfigError(f"unknown --default {shown(name)} (expected performance or accuracy)")
     return _DEFAULTS[name]
 
 
@@ -55,6 +56,8 @@ def resolve_config(
     given; its warnings become `ConfigWarning`s. A preset or an --optimizations string needs `layers`.
     """
     config_source(preset=preset, optimizations=optimizations, config_file=config_file)
+    if layers is not None:
+        check_decoder_count(layers, "--layers")
     if config_file is not None:
         parsed = read_decoder_config(config_file, default_preset(default), default)
         for finding in parsed.findings(layers):

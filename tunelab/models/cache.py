@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from tunelab.errors import TunelabError, TunelabWarning
+
 __all__ = ["CACHE_ENV", "CacheWarning", "cache_root", "entry_key", "lookup", "store"]
 
 CACHE_ENV = "TUNELAB_CACHE_DIR"
@@ -34,7 +36,7 @@ MANIFEST = "tunelab_cache.json"
 _STALE_TEMP_S = 24 * 3600
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(TunelabWarning):
     """A cache entry was unusable (corrupt, truncated, from another format version) and is being rebuilt."""
 
 
@@ -73,15 +75,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _manifest_files(entry: Path) -> dict[str, list] | str:
+    """The manifest's {file name: [size, sha256]}, or why it cannot be read."""
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest: {e}"
+    if not isinstance(manifest, dict):
+        return "the manifest is not a JSON object"
+    if manifest.get("format") != FORMAT_VERSION:
+        return f"format {manifest.get('format')!r}, expected {FORMAT_VERSION}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(_is_record(name, value) for name, value in files.items()):
+        return "the manifest's files are not {name: [size, sha256]}"
+    return files
+
+
+def _is_record(name: str, value: object) -> bool:
+    """A manifest record: a file name in the entry itself with [size, sha256]."""
+    return (
+        name not in ("", ".", "..")
+        and Path(name).name == name
+        and isinstance(value, list)
+        and len(value) == 2
+        and type(value[0]) is int
+        and isinstance(value[1], str)
+    )
+
+
 def _problem(entry: Path) -> str | None:
     """Why an entry cannot be used, or None if every file is present with the recorded size and hash."""
-    try:
-        manifest = json.loads((entry / MANIFEST).read_text())
-        files = manifest["files"]
-        if manifest.get("format") != FORMAT_VERSION:
-            return f"format {manifest.get('format')}, expected {FORMAT_VERSION}"
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"unreadable manifest: {e}"
+    files = _manifest_files(entry)
+    if isinstance(files, str):
+        return files
     if "config.json" not in files or not any(name.endswith(".safetensors") for name in files):
         return "manifest lists no config.json or no safetensors"
     for name, (size, sha) in files.items():
@@ -90,8 +116,11 @@ def _problem(entry: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, expected {size}"
-        if _sha256(path) != sha:
-            return f"{name} does not match its recorded SHA-256"
+        try:
+            if _sha256(path) != sha:
+                return f"{name} does not match its recorded SHA-256"
+        except OSError as e:
+            return f"{name} is unreadable ({e.strerror or e})"
     return None
 
 
@@ -131,18 +160,24 @@ def _tidy(models: Path, key: str, identity: dict) -> None:
         if other.name == key or not other.is_dir():
             continue
         try:
-            source = json.loads((other / MANIFEST).read_text())["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if source.get("kind") == identity["kind"] and [f[0] for f in source.get("files", [])] == paths:
+            source = json.loads((other / MANIFEST).read_bytes())["source"]
+            same = source["kind"] == identity["kind"] and [f[0] for f in source["files"]] == paths
+        except (OSError, ValueError, LookupError, TypeError):
+            continue  # not an entry this module wrote: left alone
+        if same:
             _remove_quietly(other)
 
 
 def store(key: str, identity: dict, write: Callable[[Path], None]) -> Path:
     """Build an entry with `write(directory)` and move it into place atomically; returns the entry directory."""
     models = _models_dir()
-    models.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=models))
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=models))
+    except OSError as e:
+        raise TunelabError(
+            f"{models}: cannot write the model cache ({e.strerror or e}); set {CACHE_ENV}"
+        ) from None
     final = models / key
     try:
         write(temp)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.precision import check_decoder_count
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "ModelConfig", "UnsupportedArchitecture"]
 
@@ -18,6 +19,14 @@ _ARCHITECTURES: dict[str, tuple[bool, bool, bool]] = {
     "Phi3ForCausalLM": (False, False, True),
 }
 SUPPORTED_ARCHITECTURES = tuple(_ARCHITECTURES)
+# config.json files without `architectures` (old ones, GGUF metadata) name the model type only.
+_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+}
 
 
 class UnsupportedArchitecture(TunelabError):
@@ -53,11 +62,7 @@ class ModelConfig:
             if isinstance(hf_config, dict)
             else lambda key, default=None: getattr(hf_config, key, default)
         )
-        architecture = (get("architectures") or ["<none>"])[0]
-        if architecture not in _ARCHITECTURES:
-            raise UnsupportedArchitecture(
-                f"{name}: unsupported architecture {architecture} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
+        architecture = _architecture(get("architectures"), get("model_type"), name)
         qkv_bias, qk_norm, fused = _ARCHITECTURES[architecture]
         n_heads = get("num_attention_heads")
         # transformers 5 keeps rope_theta inside rope_parameters; 4.x and older config.json files have it top-level
@@ -69,7 +74,7 @@ class ModelConfig:
             name=name,
             architecture=architecture,
             dim=dim,
-            n_layers=get("num_hidden_layers"),
+            n_layers=check_decoder_count(get("num_hidden_layers"), f"{name}: num_hidden_layers"),
             n_heads=n_heads,
             n_kv_heads=get("num_key_value_heads") or n_heads,
             head_dim=get("head_dim") or dim // n_heads,
@@ -91,3 +96,17 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
+
+
+def _architecture(architectures: object, model_type: object, name: str) -> str:
+    """The supported architecture a config names (`architectures[0]`, else by `model_type`), or a one-line error."""
+    supported = f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+    if architectures:
+        first = architectures[0] if isinstance(architectures, list) else architectures
+        if isinstance(first, str) and first in _ARCHITECTURES:
+            return first
+        raise UnsupportedArchitecture(f"{name}: unsupported architecture {str(first)[:60]} {supported}")
+    architecture = _MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
+    if architecture is None:
+        raise UnsupportedArchitecture(f"{name}: unsupported model_type {str(model_type)[:40]} {supported}")
+    return architecture

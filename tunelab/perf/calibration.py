@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from tunelab.errors import TunelabError
+from tunelab.files import atomic_write, read_text, shown
 from tunelab.model_presets import model_preset
 from tunelab.models.config import ModelConfig
-from tunelab.models.shapes import model_shape
+from tunelab.models.shapes import ModelNotFound, model_shape
 from tunelab.perf.devices import Device, device
+from tunelab.perf.support import check_supported
 from tunelab.perf.throughput import PerfParams, decode_breakdown, prefill_breakdown
 from tunelab.precision import ModelPrecision
 
@@ -38,6 +40,7 @@ __all__ = [
 ]
 
 PACKAGED_DATA = "data/perf_calibration.csv"
+DATA_FILE = Path(__file__).parent / PACKAGED_DATA
 COLUMNS = "model,device,mode,top1,top5,tok_s_u,ttft_ms"
 BATCH, PROMPT_TOKENS, DECODE_CONTEXT = 1, 512, 612
 CHECKPOINT_SUFFIX = "-Instruct"  # PERF.md measures the Instruct checkpoints (their override files apply)
@@ -105,29 +108,73 @@ class Fit:
 
 
 def load_calibration(path: str | Path | None = None) -> list[CalibrationRow]:
-    """Calibration rows from a CSV (default: the packaged PERF.md numbers); bad files raise one line."""
-    source = Path(path) if path else resources.files("tunelab.perf").joinpath(PACKAGED_DATA)
+    """Calibration rows from a CSV (default: the packaged PERF.md numbers); a bad file or row is one line."""
+    source = Path(path) if path else DATA_FILE
+    text = read_text(source, f"a calibration CSV (columns {COLUMNS})")
+    lines = [
+        (n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")
+    ]
+    if not lines:
+        raise TunelabError(f"{source}: no calibration rows (expected a header {COLUMNS} and rows)")
+    (header_number, header_line), *body = lines
+    header = [column.strip() for column in _fields(f"{source} line {header_number}", header_line)]
+    missing = [column for column in COLUMNS.split(",") if column not in header]
+    if missing:
+        raise TunelabError(
+            f"{source}: the header lacks {', '.join(missing)} (expected {COLUMNS}, found {shown(header_line)})"
+        )
+    if not body:
+        raise TunelabError(f"{source}: no calibration rows after the header")
+    return [_row(f"{source} line {n}", header, _fields(f"{source} line {n}", line)) for n, line in body]
+
+
+def _fields(where: str, line: str) -> list[str]:
     try:
-        lines = [line for line in source.read_text().splitlines() if line and not line.startswith("#")]
-        return [_row(record) for record in csv.DictReader(lines)]
-    except OSError as exc:
-        raise TunelabError(f"{source}: cannot read: {exc}") from None
-    except (KeyError, ValueError) as exc:
-        raise TunelabError(f"{source}: malformed calibration row ({exc!r}); columns: {COLUMNS}") from None
+        return next(csv.reader([line]))
+    except csv.Error as exc:
+        raise TunelabError(f"{where}: not CSV ({exc})") from None
 
 
-def _row(record: dict[str, str]) -> CalibrationRow:
-    model = model_shape(record["model"])
+def _row(where: str, header: list[str], fields: list[str]) -> CalibrationRow:
+    """One row, checked: a known model tt-transformers runs on a known device, a preset, a positive finite
+    tok/s/u and (optional) TTFT."""
+    if len(fields) != len(header):
+        raise TunelabError(f"{where}: {len(fields)} fields, expected {len(header)} ({','.join(header)})")
+    record = {column: value.strip() for column, value in zip(header, fields, strict=True)}
+    for column in ("model", "device", "mode", "tok_s_u"):
+        if not record[column]:
+            raise TunelabError(f"{where}: {column} is empty")
+    try:
+        model = model_shape(record["model"])
+        target = device(record["device"])
+        check_supported(model, target)
+        precision = model_preset(record["mode"], record["model"] + CHECKPOINT_SUFFIX, model.n_layers)
+    except ModelNotFound:
+        raise TunelabError(
+            f"{where}: unknown model {shown(record['model'])} (give a known model or a config.json path)"
+        ) from None
+    except TunelabError as exc:
+        raise TunelabError(f"{where}: {exc}") from None
     return CalibrationRow(
         model_name=record["model"],
         device_name=record["device"],
         mode=record["mode"],
-        tok_s_u=float(record["tok_s_u"]),
-        ttft_ms=float(record["ttft_ms"]) if record["ttft_ms"] else None,
+        tok_s_u=_positive(where, "tok_s_u", record["tok_s_u"]),
+        ttft_ms=_positive(where, "ttft_ms", record["ttft_ms"]) if record["ttft_ms"] else None,
         model=model,
-        precision=model_preset(record["mode"], record["model"] + CHECKPOINT_SUFFIX, model.n_layers),
-        device=device(record["device"]),
+        precision=precision,
+        device=target,
     )
+
+
+def _positive(where: str, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise TunelabError(f"{where}: {column} must be a positive number, found {shown(text)}")
+    return value
 
 
 def fit(rows: Sequence[CalibrationRow]) -> Fit:
@@ -136,6 +183,9 @@ def fit(rows: Sequence[CalibrationRow]) -> Fit:
     params = _fit_subset(rows, params, DECODE_PARAMS, lambda r, p: np.log(_tok_s_u(r, p) / r.tok_s_u))
     timed = [r for r in rows if r.ttft_ms is not None]
     params = _fit_subset(timed, params, PREFILL_PARAMS, lambda r, p: np.log(_ttft_ms(r, p) / r.ttft_ms))
+    diverged = [name for name, value in asdict(params).items() if not math.isfinite(value)]
+    if diverged:
+        raise TunelabError(f"the fit did not converge ({', '.join(diverged)} not finite); check the rows")
     return Fit(params, tuple(errors(rows, params)))
 
 
@@ -174,7 +224,7 @@ def summary(found: Sequence[RowError]) -> dict[str, dict[str, float]]:
 
 
 def write_params(result: Fit, path: str | Path, data: str = PACKAGED_DATA) -> None:
-    """Write the fitted parameters with their fit error (the packaged `perf_params.json` format)."""
+    """Write the fitted parameters with their fit error (the packaged `perf_params.json` format), atomically."""
     content = {
         "params": {k: round(v, 6) for k, v in asdict(result.params).items()},
         "fit_error": summary(result.errors),
@@ -185,10 +235,7 @@ def write_params(result: Fit, path: str | Path, data: str = PACKAGED_DATA) -> No
             "decode_context": DECODE_CONTEXT,
         },
     }
-    try:
-        Path(path).write_text(json.dumps(content, indent=2) + "\n")
-    except OSError as exc:
-        raise TunelabError(f"{path}: cannot write: {exc}") from None
+    atomic_write(path, json.dumps(content, indent=2) + "\n")
 
 
 def _tok_s_u(row: CalibrationRow, params: PerfParams) -> float:

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Literal
 
 from tunelab.errors import TunelabError
+from tunelab.files import shown
 
 __all__ = ["DEVICES", "Device", "UnknownDevice", "device"]
 
@@ -82,4 +83,4 @@ def device(name: str) -> Device:
     for entry in _catalog().values():
         if wanted in {entry.name.lower(), *(a.lower() for a in entry.aliases)}:
             return entry
-    raise UnknownDevice(f"unknown device {name!r} (known: {', '.join(DEVICES)})")
+    raise UnknownDevice(f"unknown device {shown(name)} (known: {', '.join(DEVICES)})")

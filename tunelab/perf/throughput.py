@@ -16,15 +16,15 @@ so fidelity-dependent), causal SDPA flops 2·S²·q_dim/D, weights re-read per p
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 from tunelab.errors import TunelabError
+from tunelab.files import read_json, shown
 from tunelab.models.config import ModelConfig
 from tunelab.perf.devices import Device
 from tunelab.perf.support import check_supported, max_prefill_chunk, padded_hidden_dim
@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 PARAMS_FILE = Path(__file__).parent / "data" / "perf_params.json"
+PARAMS_WHAT = "a perf parameters JSON file (`tunelab perf calibrate` writes one)"
+# Parameters the model divides by (efficiencies and rates): they must be positive; the others are times, >= 0.
+DIVISOR_PARAMS = frozenset({"dram_efficiency", "unpack_per_cycle", "eth_efficiency", "prefill_efficiency"})
 
 TILE = 32
 DECODE_OPS = 17  # per decoder: 2 norms, QKV, heads, RoPE, cache update, SDPA, concat, WO, w1, w3, mul, w2, 2 adds, 2 casts
@@ -94,16 +97,43 @@ def _packaged_params() -> PerfParams:
 
 
 def load_params(path: str | Path | None = None) -> PerfParams:
-    """Fitted parameters from a params JSON (default: the packaged fit)."""
+    """Fitted parameters from a params JSON (default: the packaged fit); a bad file is one line naming it."""
     if path is None:
         return _packaged_params()
-    try:
-        data = json.loads(Path(path).read_text())
-        return PerfParams(**data["params"])
-    except FileNotFoundError:
-        raise TunelabError(f"{path}: no fitted parameters; run `tunelab perf calibrate`") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TunelabError(f"{path}: malformed parameters file: {exc}") from None
+    if not Path(path).exists():
+        raise TunelabError(
+            f"{path}: no fitted parameters there; `tunelab perf calibrate -o {path}` writes them"
+        )
+    return _parse_params(read_json(path, PARAMS_WHAT), str(path))
+
+
+def _parse_params(data: object, source: str) -> PerfParams:
+    """`PerfParams` from a params JSON's content, every field present, known and a finite number in range."""
+    if not isinstance(data, dict):
+        raise TunelabError(f'{source}: expected a JSON object with a "params" object, found {shown(data)}')
+    if "params" not in data:
+        raise TunelabError(f'{source}: has no "params" object (the format `tunelab perf calibrate` writes)')
+    params = data["params"]
+    if not isinstance(params, dict):
+        raise TunelabError(
+            f'{source}: "params" must be an object of fitted parameters, found {shown(params)}'
+        )
+    names = [f.name for f in fields(PerfParams)]
+    unknown = [key for key in params if key not in names]
+    if unknown:
+        raise TunelabError(
+            f"{source}: params has an unknown key {shown(unknown[0])} (expected {', '.join(names)})"
+        )
+    missing = [name for name in names if name not in params]
+    if missing:
+        raise TunelabError(f"{source}: params lacks {', '.join(missing)}")
+    for name in names:
+        value, divisor = params[name], name in DIVISOR_PARAMS
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (divisor and value == 0):
+            expected = "a positive number" if divisor else "a number >= 0"
+            raise TunelabError(f"{source}: params.{name} must be {expected}, found {shown(value)}")
+    return PerfParams(**{name: float(params[name]) for name in names})
 
 
 def predict(
@@ -123,11 +153,10 @@ def predict(
     (tt_dataflow.md section 8: base ModelArgs never does)."""
     if precision.n_layers != model.n_layers:
         raise TunelabError(f"config has {precision.n_layers} decoders but {model.name} has {model.n_layers}")
-    if batch < 1 or seq_len < 1:
-        raise TunelabError(f"batch and seq_len must be >= 1, got {batch} and {seq_len}")
     if lm_head is Precision.MIXED:
         raise TunelabError("the LM head needs a storage format (bfp4, bfp8 or bf16), not mixed")
     context_len = seq_len if context_len is None else context_len
+    _check_sizes(model, batch, seq_len, context_len)
     check_supported(model, device)
     tokens = max(seq_len, context_len)
     weights, kv = memory_per_chip(model, precision, device, batch, tokens, lm_head)
@@ -150,6 +179,19 @@ def predict(
         seq_len=seq_len,
         breakdown_ms={k: round(v, 4) for k, v in decode.items()},
     )
+
+
+def _check_sizes(model: ModelConfig, batch: int, seq_len: int, context_len: int) -> None:
+    """Batch and lengths of at least 1, and lengths within the model's context (max_position_embeddings)."""
+    for name, value in (("batch", batch), ("sequence length", seq_len), ("context length", context_len)):
+        if value < 1:
+            raise TunelabError(f"{name} must be at least 1, got {value}")
+    limit = model.max_position_embeddings
+    for name, value in (("sequence length", seq_len), ("context length", context_len)):
+        if limit and value > limit:
+            raise TunelabError(
+                f"{name} {value} exceeds {model.name}'s context of {limit} tokens (max_position_embeddings)"
+            )
 
 
 def decode_breakdown(
