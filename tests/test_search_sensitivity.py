@@ -213,7 +213,7 @@ def test_the_ladder_is_enqueued_and_run_first(tiny, profiled, study):
     assert enqueue_ladder(study, configs, tag=tiny.key) == 0  # already waiting
     assert study.run(len(configs)) == len(configs)
     trials = study.study.get_trials(states=(TrialState.COMPLETE,))
-    assert [t.user_attrs["config_key"] for t in trials] == [config_key(c) for c in configs]
+    assert [t.user_attrs["metrics"]["config_key"] for t in trials] == [config_key(c) for c in configs]
     assert [t.user_attrs["ladder"] for t in trials] == list(range(len(configs)))
     assert enqueue_ladder(study, configs) == 0  # already complete
     study.run(len(configs) + 3)  # the warm starts follow
@@ -245,7 +245,8 @@ def test_rank_correlation_is_one_for_a_monotone_measurement(tiny, profiled):
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     url = f"sqlite:///{tmp_path / 'none.db'}"
     code, out, err = run_main(monkeypatch, capsys, "sensitivity", "--study", "nope", "--storage", url)
-    assert (code, out) == (2, "") and err.startswith("error: no study 'nope'") and err.count("\n") == 1
+    assert (code, out) == (2, "") and err.startswith("error: no study database") and err.count("\n") == 1
+    assert not (tmp_path / "none.db").exists()  # a mistyped path leaves no empty database behind
     code, out, err = run_main(monkeypatch, capsys, "sensitivity", "--study", "a", "--model", "b")
     assert (code, out, err) == (2, "", "error: give --study NAME or --model MODEL, not both\n")
 

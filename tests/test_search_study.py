@@ -44,7 +44,7 @@ def test_warm_starts_run_first_with_their_exact_configs(env, tmp_path):
         assert r.metrics.config_key == tiny_search_key(r.preset)
     assert all(r.preset is None for r in records[3:])
     t = runner.study.trials[0]
-    assert {"metrics", "config", "config_key", "description"} <= set(t.user_attrs)
+    assert {"metrics", "config", "description", "cache_hit"} <= set(t.user_attrs)
     assert t.constraints == {"fits": 0.0}
 
 
@@ -71,16 +71,16 @@ def test_front_is_non_dominated_and_hypervolume_is_recorded_per_trial(env, tmp_p
 
 def test_resume_runs_only_what_is_missing_and_retries_an_interrupted_warm_start(env, tmp_path):
     runner, url = new_study(env, tmp_path)
-    original = runner.objective
+    original = runner._score_trial
     calls = []
 
-    def interrupt_second(trial):
+    def interrupt_second(trial, *suggested):
         calls.append(trial.number)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(trial)
+        return original(trial, *suggested)
 
-    runner.objective = interrupt_second
+    runner._score_trial = interrupt_second
     with pytest.raises(KeyboardInterrupt):
         runner.run(5)
     assert runner.study.trials[1].state is TrialState.FAIL
@@ -232,14 +232,18 @@ def test_cli_errors_are_one_line(env, tmp_path, monkeypatch, capsys):
     model_dir = env[0]
     url = f"sqlite:///{tmp_path / 'e.db'}"
     code, _, err = run_main(monkeypatch, capsys, "study", "show", "nope", "--storage", url)
-    assert code == 2 and err.startswith("error: no study 'nope'") and err.count("\n") == 1
+    assert code == 2 and err.startswith("error: no study database") and err.count("\n") == 1
     args = ["study", "create", "u", "--model", model_dir, "--mesh-device", "N150", "--storage", url]
+    args += ["--space", "per-decoder", "--window-len", "64", "--prefill", "32"]
     assert run_main(monkeypatch, capsys, *args)[0] == 0
+    code, _, err = run_main(monkeypatch, capsys, "study", "show", "nope", "--storage", url)
+    assert code == 2 and err.startswith("error: no study 'nope'") and err.count("\n") == 1
     code, _, err = run_main(monkeypatch, capsys, *args)
     assert code == 2 and "already exists" in err and err.count("\n") == 1
     for extra, message in [
         (["--sampler", "bogus"], "unknown --sampler 'bogus'"),
         (["--space", "blocks:x"], "unknown granularity"),
+        (["--space", "blocks:3"], "blocks:3 needs 1..2 blocks for 2 decoders"),
         (["--objectives", "top1,speed"], "unknown objective 'speed'"),
         (["--seeds", "fastest"], "unknown preset 'fastest'"),
         (["--min-top1", "90"], "--min-top1 is a fraction"),

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.interop import to_decoder_config
 from tunelab.perf import Device, memory_per_chip, predict
-from tunelab.precision import ModelPrecision, Precision
+from tunelab.precision import ModelPrecision, Precision, check_decoder_count
 
 if TYPE_CHECKING:
     from tunelab.backends.emulated import EmulatedModel
@@ -507,6 +507,31 @@ class EvaluationSettings:
     batch: int = 1
     seq_len: int = 512
 
+    def __post_init__(self) -> None:
+        """Settings that no model can score are refused here, before anything is stored or loaded."""
+        for name in ("window_len", "prefill_len", "batch", "seq_len"):
+            _check_int(name, getattr(self, name), 1)
+        if self.windows is not None:
+            from tunelab.eval.corpus import DEFAULT_WINDOWS
+
+            _check_int("windows", self.windows, 1)
+            if self.windows > DEFAULT_WINDOWS:
+                raise ConfigError(
+                    f"--windows must be 1..{DEFAULT_WINDOWS} (a reference holds at most {DEFAULT_WINDOWS}), "
+                    f"got {self.windows}"
+                )
+        if self.layers is not None:
+            check_decoder_count(self.layers, "--layers")
+        if self.window_len < 2 or self.prefill_len >= self.window_len:
+            raise ConfigError(
+                f"--prefill must be in 1..{self.window_len - 1} (below --window-len {self.window_len}), "
+                f"got {self.prefill_len}"
+            )
+        if self.accumulation not in ("fast", "exact"):
+            raise ConfigError(f"unknown accumulation {self.accumulation!r} (expected fast or exact)")
+        if self.lm_head not in ("bfp8", "bf16"):
+            raise ConfigError(f"unknown LM head format {self.lm_head!r} (expected bfp8 or bf16)")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -514,6 +539,15 @@ class EvaluationSettings:
     def from_dict(cls, data: Mapping[str, Any]) -> EvaluationSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_OPTIONS = {"window_len": "--window-len", "prefill_len": "--prefill", "seq_len": "--seq-len"}
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        option = _OPTIONS.get(name, f"--{name}")
+        raise ConfigError(f"{option} must be an integer >= {low}, got {value!r:.40}")
 
 
 def emulated_evaluator(
@@ -531,10 +565,6 @@ def emulated_evaluator(
     from tunelab.eval.reference import ReferenceStore, check_fingerprint, get_reference
     from tunelab.perf import device as mesh_device
 
-    if settings.accumulation not in ("fast", "exact"):
-        raise TunelabError(f"unknown accumulation {settings.accumulation!r} (expected fast or exact)")
-    if settings.lm_head not in ("bfp8", "bf16"):
-        raise TunelabError(f"unknown LM head format {settings.lm_head!r} (expected bfp8 or bf16)")
     target = mesh_device(settings.mesh_device)
     reference, loaded, _ = get_reference(
         settings.model,

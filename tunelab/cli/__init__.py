@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from tunelab.cli import config, perf, reference, run, sensitivity, study
+from tunelab.cli import config, perf, reference, run, sensitivity, study, workers
 from tunelab.cli import eval as eval_
 from tunelab.errors import TunelabError, TunelabWarning
 from tunelab.files import WRITTEN
@@ -35,6 +35,7 @@ app.add_typer(reference.app, name="reference")
 app.command("eval")(eval_.eval_command)
 app.add_typer(study.app, name="study")
 app.command("sensitivity")(sensitivity.sensitivity_command)
+app.command("worker")(workers.worker_command)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def _study_for_model(
     from tunelab.search.study import StudySpec, create_study, list_studies
 
     name = f"sensitivity-{Path(model.rstrip('/')).name}"
-    url = _storage(name, storage)
+    url = _storage(name, storage, create=True)
     target = lookup_device(mesh_device(mesh, None)).name
     existing = {s["name"]: s for s in list_studies(url)}
     if name not in existing:

@@ -30,6 +30,7 @@ from tunelab.cli.options import (
     mesh_device,
     torch_device,
 )
+from tunelab.cli.reference import note
 from tunelab.errors import ConfigError, TunelabError
 
 app = typer.Typer(help="Pareto searches over per-decoder configs (Optuna studies).", no_args_is_help=True)
@@ -48,10 +49,28 @@ RefDirOpt = Annotated[
 ]
 
 
-def _storage(name: str, storage: str | None) -> str:
+def _storage(name: str, storage: str | None, create: bool = False) -> str:
+    """The study's database URL (default `studies/NAME.db`). Only `create` makes a new SQLite file: elsewhere a
+    missing one is a mistyped name or path, said in one line, not an empty database left behind."""
     from tunelab.search.study import default_storage
 
-    return storage or default_storage(name)
+    url = storage or default_storage(name, create=create)
+    _existing_sqlite(url, create)
+    return url
+
+
+def _existing_sqlite(url: str, create: bool) -> None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return  # the storage layer says what is wrong with it
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not create and database not in (None, "", ":memory:") and not Path(database).exists():
+        raise TunelabError(
+            f"no study database {database} (`tunelab study create` makes one; --storage names another)"
+        )
 
 
 def _csv_list(value: str | None) -> list[str] | None:
@@ -63,7 +82,7 @@ def _evaluator_factory(reference_dir: Path | None):
 
     def factory(settings: Any) -> Any:
         evaluator, _ = emulated_evaluator(
-            settings, reference_dir=reference_dir, on_load=lambda source: err.print(f"loading {source} ...")
+            settings, reference_dir=reference_dir, on_load=lambda source: note(f"loading {source} ...")
         )
         return evaluator
 
@@ -168,7 +187,7 @@ def create(
         seeds=tuple(_csv_list(seeds) or ()),
         seed_configs=tuple(seed_configs),
     )
-    url = _storage(name, storage)
+    url = _storage(name, storage, create=True)
     if exist_ok and name in {s["name"] for s in list_studies(url)}:
         _, existing = load_spec(name, url)
         if existing != spec:
@@ -181,29 +200,90 @@ def create(
     typer.echo(f"created study {name} ({model} on {target}, {space}, {sampler}) in {url}")
 
 
+TrialsOpt = Annotated[int, typer.Option(help="Run until the study has this many complete trials.")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")]
+HeartbeatOpt = Annotated[
+    float,
+    typer.Option(
+        help="Seconds between a running trial's heartbeats; a trial silent for 4x this (its worker was killed) "
+        "is retried by another worker."
+    ),
+]
+
+
 @app.command()
 def run(
     name: NameArg,
-    trials: Annotated[int, typer.Option(help="Run until the study has this many complete trials.")] = 60,
-    timeout: Annotated[
-        float | None, typer.Option(help="Stop starting trials after this many seconds.")
-    ] = None,
+    trials: TrialsOpt = 60,
+    timeout: TimeoutOpt = None,
     storage: StorageOpt = None,
     reference_dir: RefDirOpt = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Local worker processes sharing the study (each with cores/N threads); other machines join "
+            "with `tunelab worker NAME --storage URL`. Several workers want PostgreSQL (SQLite works locally)."
+        ),
+    ] = 1,
+    heartbeat: HeartbeatOpt = 15.0,
 ) -> None:
     """Run (or resume) a study; Ctrl-C keeps every finished trial and `run` resumes."""
-    from tunelab.search.study import StudyRunner, best_at_speed, performance_speed, trial_records
+    from tunelab.search.study import DEFAULT_HEARTBEAT, StudyRunner
 
+    _check_run_options(trials, timeout, heartbeat)
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     url = _storage(name, storage)
-    runner = StudyRunner(name, url, evaluator_factory=_evaluator_factory(reference_dir))
+    runner = StudyRunner(name, url, evaluator_factory=_evaluator_factory(reference_dir), heartbeat=heartbeat)
     done = runner.complete_trials()
     if done >= trials:
         typer.echo(f"study {name} already has {done} complete trials (asked for {trials})")
         _print_front(runner)
         return
+    if workers > 1:
+        from tunelab.cli.workers import run_workers
+
+        options = ["--trials", str(trials), "--storage", url]
+        options += [] if timeout is None else ["--timeout", str(timeout)]
+        options += [] if reference_dir is None else ["--reference-dir", str(reference_dir)]
+        options += [] if heartbeat == DEFAULT_HEARTBEAT else ["--heartbeat", str(heartbeat)]
+        run_workers(name, url, workers, options)
+        _print_front(runner)
+        return
+    _run_here(runner, name, url, trials, timeout)
+    _print_front(runner)
+
+
+def _check_run_options(trials: int, timeout: float | None, heartbeat: float) -> None:
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if not 1 <= heartbeat <= 3600:
+        raise ConfigError(f"--heartbeat must be 1..3600 seconds, got {heartbeat}")
+
+
+def trial_line(trial: Any, volume: float | None) -> str:
+    """One finished trial, as printed by `study run` and `tunelab worker`."""
+    metrics = trial.user_attrs.get("metrics", {})
+    label = trial.user_attrs.get("preset") or ""
+    top1, speed = metrics.get("top1"), metrics.get("tok_s_u")
+    return (
+        f"trial {trial.number:3d} {label:12s} top-1 {'n/a' if top1 is None else f'{top1:.4f}'}  "
+        f"{'n/a' if speed is None else f'{speed:.1f}'} tok/s/u"
+        f"{'  (cached)' if trial.user_attrs.get('cache_hit') else ''}"
+        f"{'' if volume is None else f'  hypervolume {volume:.4f}'}"
+    )
+
+
+def _run_here(runner: Any, name: str, url: str, trials: int, timeout: float | None, label: str = "") -> None:
+    """Run trials in this process with a progress bar (or one line per trial when stderr is not a terminal)."""
+    from tunelab.search.study import best_at_speed, performance_speed, trial_records
+
     _ = runner.evaluator  # load the model and reference before the clock starts
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    prefix = f"{label} " if label else ""
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -214,7 +294,7 @@ def run(
         transient=True,
         disable=not err.is_terminal,
     )
-    task = bar.add_task(f"study {name}", total=trials, completed=done, best="")
+    task = bar.add_task(f"study {name}", total=trials, completed=runner.complete_trials(), best="")
     start = time.perf_counter()
 
     def on_trial(trial: Any, members: list, volume: float | None) -> None:
@@ -222,36 +302,36 @@ def run(
         best = best_at_speed(records, performance_speed(records))
         text = "" if best is None else f"best top-1 at >= performance speed: {best:.4f}"
         bar.update(task, completed=runner.complete_trials(), best=text)
-        metrics = trial.user_attrs.get("metrics", {})
-        if not err.is_terminal and metrics:
-            label = trial.user_attrs.get("preset") or ""
-            top1 = metrics.get("top1")
-            speed = metrics.get("tok_s_u")
-            err.print(
-                f"trial {trial.number:3d} {label:12s} top-1 {'n/a' if top1 is None else f'{top1:.4f}'}  "
-                f"{'n/a' if speed is None else f'{speed:.1f}'} tok/s/u"
-                f"{'  (cached)' if trial.user_attrs.get('cache_hit') else ''}"
-                f"{'' if volume is None else f'  hypervolume {volume:.4f}'}",
-                soft_wrap=True,
-            )
+        if not err.is_terminal and trial.user_attrs.get("metrics"):
+            err.print(prefix + trial_line(trial, volume), soft_wrap=True, highlight=False)
+
+    def on_wait(running: int) -> None:
+        err.print(f"{prefix}waiting for {running} trial(s) running in other workers", highlight=False)
 
     try:
         with bar:
-            ran = runner.run(trials, timeout, on_trial)
+            ran = runner.run(trials, timeout, on_trial, on_wait)
     except KeyboardInterrupt:
         kept = runner.complete_trials()
         err.print(
-            f"interrupted: {kept} complete trials are kept in {url}; the running trial was marked failed; "
-            f"`tunelab study run {name}` resumes"
+            f"interrupted: {prefix}{kept} complete trials are kept in {_safe_url(url)}; the running trial was "
+            f"marked failed; `tunelab study run {name}` resumes",
+            soft_wrap=True,
+            highlight=False,
         )
         sys.exit(130)
     elapsed = time.perf_counter() - start
     overhead = ""
     if runner.evaluation_seconds:
-        share = runner.run_seconds / runner.evaluation_seconds - 1
+        share = (runner.run_seconds - runner.wait_seconds) / runner.evaluation_seconds - 1
         overhead = f" ({runner.evaluation_seconds:.0f} s scoring; sampling, storage and bookkeeping {100 * share:.1f}% on top)"
-    err.print(f"ran {ran} trials in {elapsed:.0f} s{overhead}", soft_wrap=True)
-    _print_front(runner)
+    err.print(f"{prefix}ran {ran} trials in {elapsed:.0f} s{overhead}", soft_wrap=True, highlight=False)
+
+
+def _safe_url(url: str) -> str:
+    from tunelab.search.storage import _safe
+
+    return _safe(url)
 
 
 def _front_rows(runner: Any) -> list[dict[str, Any]]:
@@ -314,6 +394,8 @@ def list_command(storage: StorageOpt = None, as_json: JsonOutOpt = False) -> Non
     """The studies in a database (default: every studies/*.db)."""
     from tunelab.search.study import list_studies
 
+    if storage:
+        _existing_sqlite(storage, create=False)
     urls = [storage] if storage else [f"sqlite:///{p}" for p in sorted(Path("studies").glob("*.db"))]
     rows = [{**s, "storage": url} for url in urls for s in list_studies(url)]
     if as_json:
@@ -410,7 +492,7 @@ def verify(
     runner = StudyRunner(name, _storage(name, storage))
     settings = replace(runner.spec.evaluation, windows=windows, accumulation=accumulation)
     evaluator, _ = emulated_evaluator(
-        settings, reference_dir=reference_dir, on_load=lambda s: err.print(f"loading {s} ...")
+        settings, reference_dir=reference_dir, on_load=lambda s: note(f"loading {s} ...")
     )
 
     def on_member(v: Any) -> None:
@@ -512,3 +594,21 @@ def delete(
         raise TunelabError("not deleted")
     delete_study(name, url)
     typer.echo(f"deleted study {name} from {url}")
+
+
+@app.command()
+def copy(
+    name: NameArg,
+    to: Annotated[str, typer.Option("--to", help="The database to copy the study into (SQLAlchemy URL).")],
+    storage: StorageOpt = None,
+) -> None:
+    """Copy a study, its trials, front and cached evaluations into another database: the one command that moves a
+    SQLite study to PostgreSQL so workers on other machines can join."""
+    from tunelab.search.study import copy_study
+
+    url = _storage(name, storage)
+    trials = copy_study(name, url, to)
+    typer.echo(
+        f"copied study {name} ({trials} trials) from {_safe_url(url)} to {_safe_url(to)}; "
+        f"run it there with `tunelab study run {name} --storage URL --workers N`"
+    )

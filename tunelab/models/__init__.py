@@ -20,6 +20,7 @@ _EXPORTS = {
     "LoadedModel": "loader",
     "fingerprint": "loader",
     "load_model": "loader",
+    "load_model_config": "loader",
     "KNOWN_MODELS": "shapes",
     "UnknownModel": "shapes",
     "model_shape": "shapes",

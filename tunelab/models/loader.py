@@ -31,7 +31,7 @@ from tunelab.models.convert import hf_to_canonical, meta_checkpoint_to_hf, meta_
 from tunelab.models.sources import Source, resolve_source
 from tunelab.models.weights import ModelWeights
 
-__all__ = ["SUPPORTED_ROPE_TYPES", "LoadedModel", "fingerprint", "load_model"]
+__all__ = ["SUPPORTED_ROPE_TYPES", "LoadedModel", "fingerprint", "load_model", "load_model_config"]
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +62,54 @@ def load_model(source: str | os.PathLike | None = None, *, n_layers: int | None 
     if n_layers is not None and n_layers < 1:
         raise TunelabError(f"{src.display}: n_layers must be at least 1, got {n_layers}")
     with _quiet_transformers():
-        if src.kind == "gguf":
-            location, kwargs = _cached(src, [Path(src.location)], _build_gguf), {}
-        elif src.kind == "meta":
-            directory = Path(src.location)
-            files = [directory / "params.json", *directory.glob("consolidated.*.pth")]
-            files += [directory / "tokenizer.model"] if (directory / "tokenizer.model").is_file() else []
-            location, kwargs = _cached(src, files, _build_meta), {}
-        elif src.kind == "hub":
-            location, kwargs = src.location, _hub_kwargs(src)
-        else:
-            location, kwargs = src.location, {}
-        return _load_hf(src, location, n_layers, kwargs)
+        return _load_hf(src, *_location(src), n_layers)
+
+
+def load_model_config(source: str | os.PathLike | None = None, *, n_layers: int | None = None) -> ModelConfig:
+    """The `ModelConfig` `load_model` would give, without reading the weights (a GGUF or Meta checkpoint is
+    converted into the model cache first, as `load_model` would)."""
+    from transformers import AutoConfig
+
+    src = resolve_source(source)
+    with _quiet_transformers():
+        location, kwargs = _location(src)
+        hf_config = _hf_call(src, "config", AutoConfig.from_pretrained, location, **kwargs)
+        return _limit_layers(src, _check(hf_config, src.name), n_layers)
+
+
+def _location(src: Source) -> tuple[str, dict]:
+    """Where transformers loads `src` from (a model-cache directory for GGUF and Meta checkpoints), with kwargs."""
+    if src.kind == "gguf":
+        return _cached(src, [Path(src.location)], _build_gguf), {}
+    if src.kind == "meta":
+        directory = Path(src.location)
+        files = [directory / "params.json", *directory.glob("consolidated.*.pth")]
+        files += [directory / "tokenizer.model"] if (directory / "tokenizer.model").is_file() else []
+        return _cached(src, files, _build_meta), {}
+    if src.kind == "hub":
+        return src.location, _hub_kwargs(src)
+    return src.location, {}
+
+
+def _limit_layers(src: Source, config: ModelConfig, n_layers: int | None) -> ModelConfig:
+    if n_layers is None:
+        return config
+    if n_layers > config.n_layers:
+        raise TunelabError(f"{src.display}: n_layers={n_layers} but the model has {config.n_layers} layers")
+    return dataclasses.replace(config, n_layers=n_layers)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # HF directory / hub id
 
 
-def _load_hf(src: Source, location: str, n_layers: int | None, kwargs: dict) -> LoadedModel:
+def _load_hf(src: Source, location: str, kwargs: dict, n_layers: int | None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     hf_config = _hf_call(src, "config", AutoConfig.from_pretrained, location, **kwargs)
-    config = _check(hf_config, src.name)
+    config = _limit_layers(src, _check(hf_config, src.name), n_layers)
     if n_layers is not None:
-        if n_layers > config.n_layers:
-            raise TunelabError(
-                f"{src.display}: n_layers={n_layers} but the model has {config.n_layers} layers"
-            )
         _truncate(hf_config, n_layers)
-        config = dataclasses.replace(config, n_layers=n_layers)
     model = _hf_call(
         src,
         "weights",

@@ -38,7 +38,9 @@ Cheap = Mapping[int, Callable[[dict[str, str]], float]]
 def make_sampler(name: str, seed: int, space: SearchSpace, cheap: Cheap | None = None) -> BaseSampler:
     """A seeded sampler by name; `cheap` gives objectives computable without an accuracy run (by index)."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=10, constant_liar=True
+        )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "gp":
@@ -177,7 +179,12 @@ class AdditiveSampler(BaseSampler):
         weights = {j: self._thompson(X, values[:, j]) for j in range(n_obj) if j not in cheap}
 
         front_idx = nondominated(values.tolist(), maximise)
-        seen = {tuple(t.params[n] for n in self.encoder.params) for t in observed}
+        pending = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        seen = {
+            tuple(t.params[n] for n in self.encoder.params)
+            for t in (*observed, *pending)
+            if all(n in t.params for n in self.encoder.params)  # other workers' trials are not proposed again
+        }
         candidates = self._candidates([feasible[i].params for i in front_idx], seen)
         if not candidates:
             return {}

@@ -410,7 +410,7 @@ def enqueue_ladder(runner: StudyRunner, configs: Sequence[ModelPrecision], tag: 
     states = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
     present: set[str] = set()
     for t in runner.study.get_trials(deepcopy=False, states=states):
-        present.update(t.user_attrs.get(k) for k in ("seed_key", "config_key"))
+        present.update((t.user_attrs.get("seed_key"), t.user_attrs.get("metrics", {}).get("config_key")))
     space = runner.space
     enqueued = 0
     for i, precision in enumerate(configs):

@@ -345,6 +345,10 @@ def parse_groups(granularity: str, n_layers: int) -> tuple[tuple[int, ...], ...]
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise ConfigError(f"granularity {granularity!r}: range {lo}-{hi} is empty")
+        if hi >= n_layers:
+            raise ConfigError(
+                f"granularity {granularity[:80]!r}: decoder {hi} is beyond the model's decoders 0..{n_layers - 1}"
+            )
         groups.append(tuple(range(lo, hi + 1)))
     covered = sorted(i for g in groups for i in g)
     if covered != list(range(n_layers)):

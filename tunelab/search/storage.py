@@ -27,6 +27,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     delete,
+    event,
+    func,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -43,6 +45,9 @@ __all__ = [
     "ResultStore",
     "SensitivityRow",
     "VerificationRow",
+    "engine_options",
+    "normalise_url",
+    "serialise_sqlite",
 ]
 
 
@@ -127,8 +132,13 @@ class ResultStore:
 
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         self.url = url
+        if engine is None:
+            url = normalise_url(url)
         try:
-            self.engine = engine or create_engine(url, **_engine_options(url))
+            if engine is None:
+                engine = create_engine(url, **engine_options(url))
+                serialise_sqlite(engine)
+            self.engine = engine
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise TunelabError(f"cannot open the study database {_safe(url)}: {_first_line(exc)}") from None
@@ -175,7 +185,7 @@ class ResultStore:
 
     def evaluation_count(self) -> int:
         with self.session() as s:
-            return len(s.scalars(select(EvaluationRow.id)).all())
+            return s.scalar(select(func.count(EvaluationRow.id))) or 0
 
     # -- fronts and hypervolume
     def replace_front(self, study: str, members: Iterable[dict[str, Any]]) -> None:
@@ -287,10 +297,30 @@ class ResultStore:
                 for r in rows
             ]
 
+    def copy_to(self, target: ResultStore, study: str) -> None:
+        """Copy a study's front, hypervolume and verification rows, and the whole evaluation cache and sensitivity
+        profiles (they serve every study), into `target`, insert-or-ignore: rows it already has stay."""
+        target.replace_front(study, self.front(study))
+        for model in (HypervolumeRow, VerificationRow, EvaluationRow, SensitivityRow):
+            columns = [c.name for c in model.__table__.columns if c.name != "id"]
+            query = select(*(model.__table__.c[c] for c in columns))
+            if "study" in columns:
+                query = query.where(model.__table__.c.study == study)
+            with self.session() as s:
+                rows = [dict(zip(columns, row, strict=True)) for row in s.execute(query)]
+            if rows:
+                with target.session() as t:
+                    t.execute(_insert_ignore(target.engine, model, _unique_columns(model)), rows)
+
     def delete_study(self, study: str) -> None:
         with self.session() as s:
             for model in (FrontRow, HypervolumeRow, VerificationRow):
                 s.execute(delete(model).where(model.study == study))
+
+
+def _unique_columns(model: type[Base]) -> list[str]:
+    constraint = next(c for c in model.__table__.constraints if isinstance(c, UniqueConstraint))
+    return [column.name for column in constraint.columns]
 
 
 def _insert_ignore(engine: Engine, model: type[Base], keys: list[str]) -> Any:
@@ -304,10 +334,46 @@ def _insert_ignore(engine: Engine, model: type[Base], keys: list[str]) -> Any:
     return insert(model).on_conflict_do_nothing(index_elements=keys)
 
 
-def _engine_options(url: str) -> dict[str, Any]:
+SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for another process's write to finish
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` and `postgres://` without a driver mean psycopg (3), the driver tunelab installs."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options: SQLite waits for other writers (see `serialise_sqlite`); PostgreSQL drops dead
+    pooled connections and gives up connecting after 10 s instead of hanging."""
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
+        # The driver's own transaction handling off: `serialise_sqlite` issues BEGIN IMMEDIATE itself.
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT, "isolation_level": None}}
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {"pool_pre_ping": True}
+
+
+def serialise_sqlite(engine: Engine) -> None:
+    """Make SQLite safe for several local worker processes: WAL journal (readers never block the writer) and
+    every transaction begun IMMEDIATE, so a writer takes the write lock up front and waits out the busy timeout
+    instead of failing with "database is locked" when it upgrades from reading to writing."""
+    if engine.dialect.name != "sqlite" or getattr(engine, "_tunelab_serialised", False):
+        return
+
+    if engine.url.database not in (None, "", ":memory:"):
+        with (
+            engine.connect() as connection
+        ):  # before the listener: the journal mode changes outside a transaction
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine._tunelab_serialised = True  # type: ignore[attr-defined]
 
 
 def _safe(url: str) -> str:
@@ -317,7 +383,9 @@ def _safe(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return "<unparseable URL>"
+        return (
+            f"{url[:80]!r} (not a database URL: expected e.g. sqlite:///studies/NAME.db or postgresql://...)"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Optuna studies over per-decoder configs: create, run (resumable), and read back.
 
 A study's settings (`StudySpec`) live in the Optuna study's user attributes, so `tunelab study run NAME` needs
-only the name and the storage URL. Every trial records its metrics, config key, complete decoder_config and a
+only the name and the storage URL. Every trial records its metrics (with the config key), complete decoder_config and a
 description as user attributes (optuna-dashboard shows them) and its constraints through `Trial.set_constraint`.
 Scores go through the evaluation cache (`ResultStore`): a config scored before by the same evaluator, in any
 study, costs one database read. After every trial the study's front and hypervolume tables are refreshed.
@@ -12,8 +12,12 @@ sampler proposes anything; a warm start whose trial was interrupted is enqueued 
 
 from __future__ import annotations
 
+import math
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,36 +32,42 @@ from tunelab.interop.decoder_json import parse_decoder_config
 from tunelab.model_presets import PRESETS, model_preset
 from tunelab.precision import ModelPrecision
 from tunelab.presets import hard_defaults
+from tunelab.search.locks import study_lock
 from tunelab.search.objectives import Constraints, Objective, objectives
 from tunelab.search.pareto import hypervolume, nondominated
 from tunelab.search.samplers import HV_REFERENCE_ATTR, make_sampler
 from tunelab.search.space import SearchSpace, check_granularity
-from tunelab.search.storage import ResultStore, _safe
+from tunelab.search.storage import ResultStore, _first_line, _safe, normalise_url
 
 __all__ = [
+    "DEFAULT_HEARTBEAT",
     "DEFAULT_SEEDS",
     "FrontMember",
     "StudyRunner",
     "StudySpec",
     "TrialRecord",
+    "copy_study",
     "create_study",
     "default_storage",
     "delete_study",
     "front",
     "list_studies",
     "load_spec",
+    "open_storage",
     "trial_records",
 ]
 
 SPEC_ATTR = "tunelab"
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_SEEDS = ("defaults", "performance", "accuracy")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def default_storage(name: str, directory: str | Path = "studies") -> str:
-    """One SQLite file per study under `studies/`."""
+def default_storage(name: str, directory: str | Path = "studies", create: bool = True) -> str:
+    """One SQLite file per study under `studies/` (the directory is made when `create`)."""
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / name}.db"
 
 
@@ -78,12 +88,19 @@ class StudySpec:
     seed_configs: tuple[tuple[str, dict], ...] = ()  # (name, decoder_config JSON) of --seed-config files
 
     def __post_init__(self) -> None:
+        if not STUDY_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"study name {self.name[:80]!r} is not usable: 1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit (it names the study's default database file)"
+            )
         objectives(self.objectives)
         unknown = [s for s in (*self.seeds, self.base) if s not in PRESETS]
         if unknown:
             raise ConfigError(f"unknown preset {unknown[0]!r} (expected one of {', '.join(PRESETS)})")
         if self.min_top1 is not None and not 0 <= self.min_top1 <= 1:
             raise ConfigError(f"--min-top1 is a fraction in 0..1, got {self.min_top1}")
+        if self.max_dram_gb is not None and not 0 < self.max_dram_gb < math.inf:
+            raise ConfigError(f"--max-dram is a positive number of GB, got {self.max_dram_gb}")
 
     @property
     def constraints(self) -> Constraints:
@@ -126,46 +143,86 @@ class StudySpec:
         return unique
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
+DEFAULT_HEARTBEAT = (
+    15.0  # seconds between a running trial's heartbeats; a trial silent for 4x this is retried
+)
+MAX_RETRIES = 3  # a trial whose worker died is retried this many times (each retry is a new trial)
+
+
+def open_storage(url: str, heartbeat: float = DEFAULT_HEARTBEAT) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for `url` with heartbeats: a trial whose worker stops beating (killed, machine lost)
+    is marked failed by the next worker that looks, and re-run with the same parameters."""
+    from tunelab.search.storage import engine_options, serialise_sqlite
+
+    url = normalise_url(url)
     try:
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            rdb = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_options(url),
+                heartbeat_interval=max(1, round(heartbeat)),
+                grace_period=max(2, round(4 * heartbeat)),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
+            )
     except Exception as exc:  # optuna wraps driver errors in several types
-        raise TunelabError(
-            f"cannot open the study database {_safe(url)}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise TunelabError(f"cannot open the study database {_safe(url)}: {_first_line(exc)}") from None
+    serialise_sqlite(rdb.engine)
+    return rdb
 
 
-def create_study(spec: StudySpec, storage: str) -> optuna.Study:
+def _storage(storage: str | optuna.storages.RDBStorage) -> optuna.storages.RDBStorage:
+    return open_storage(storage) if isinstance(storage, str) else storage
+
+
+def create_study(spec: StudySpec, storage: str | optuna.storages.RDBStorage) -> optuna.Study:
     """A new study (an existing name is an error: run resumes it, delete removes it)."""
     rdb = _storage(storage)
     if spec.name in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
         raise TunelabError(
-            f"study {spec.name!r} already exists in {_safe(storage)}: `tunelab study run {spec.name}` resumes it, "
+            f"study {spec.name!r} already exists in {_safe(rdb.url)}: `tunelab study run {spec.name}` resumes it, "
             f"`tunelab study delete {spec.name}` removes it"
         )
     check_granularity(spec.space.get("granularity", "blocks:4"))
     SearchSpace.from_spec(
         ModelPrecision.uniform(hard_defaults(), 1), {**spec.space, "granularity": "uniform"}
     )
+    _check_model(spec)
     directions = [o.direction for o in objectives(spec.objectives)]
     study = optuna.create_study(storage=rdb, study_name=spec.name, directions=directions)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
-    ResultStore(storage)
+    ResultStore(rdb.url, engine=rdb.engine)
     return study
 
 
-def load_spec(name: str, storage: str) -> tuple[optuna.Study, StudySpec]:
+def _check_model(spec: StudySpec) -> None:
+    """Refuse, before the study exists, what its model cannot run: a missing or unsupported model, more layers
+    than it has, windows longer than its context, a space or seed config that does not fit its decoders."""
+    from tunelab.models import load_model_config
+
+    settings = spec.evaluation
+    config = load_model_config(settings.model, n_layers=settings.layers)
+    if settings.window_len > config.max_position_embeddings:
+        raise ConfigError(
+            f"--window-len {settings.window_len} is beyond {config.name}'s context of "
+            f"{config.max_position_embeddings} tokens"
+        )
+    spec.space_for(config.name, config.n_layers)
+    spec.warm_starts(config.name, config.n_layers)
+
+
+def load_spec(name: str, storage: str | optuna.storages.RDBStorage) -> tuple[optuna.Study, StudySpec]:
     rdb = _storage(storage)
     try:
         study = optuna.load_study(study_name=name, storage=rdb)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb))
-        known = f" (studies there: {', '.join(names)})" if names else " (it has no studies)"
-        raise TunelabError(f"no study {name!r} in {_safe(storage)}{known}") from None
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        known = f" (studies there: {shown})" if names else " (it has no studies)"
+        raise TunelabError(f"no study {name!r} in {_safe(rdb.url)}{known}") from None
     data = study.user_attrs.get(SPEC_ATTR)
     if data is None:
-        raise TunelabError(f"study {name!r} in {_safe(storage)} was not created by tunelab")
+        raise TunelabError(f"study {name!r} in {_safe(rdb.url)} was not created by tunelab")
     return study, StudySpec.from_dict(data)
 
 
@@ -191,9 +248,23 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
 
 
 def delete_study(name: str, storage: str) -> None:
-    load_spec(name, storage)
-    optuna.delete_study(study_name=name, storage=_storage(storage))
-    ResultStore(storage).delete_study(name)
+    rdb = _storage(storage)
+    load_spec(name, rdb)
+    optuna.delete_study(study_name=name, storage=rdb)
+    ResultStore(rdb.url, engine=rdb.engine).delete_study(name)
+
+
+def copy_study(name: str, source: str, target: str) -> int:
+    """Copy a study with its trials and tunelab's rows into another database (e.g. from SQLite to PostgreSQL
+    when more workers join); returns the trials copied. The source is left as it was."""
+    rdb, destination = _storage(source), _storage(target)
+    study, _ = load_spec(name, rdb)
+    if name in {s.study_name for s in optuna.get_all_study_summaries(destination)}:
+        raise TunelabError(f"study {name!r} already exists in {_safe(destination.url)}")
+    optuna.copy_study(from_study_name=name, from_storage=rdb, to_storage=destination)
+    source_store = ResultStore(rdb.url, engine=rdb.engine)
+    source_store.copy_to(ResultStore(destination.url, engine=destination.engine), name)
+    return len(study.trials)
 
 
 @dataclass(frozen=True)
@@ -271,25 +342,37 @@ def hv_reference(records: Sequence[TrialRecord], objs: Sequence[Objective]) -> l
 
 
 class StudyRunner:
-    """Runs a study's trials with one evaluator; refreshes the front and hypervolume tables after each."""
+    """Runs a study's trials with one evaluator; refreshes the front and hypervolume tables after each.
+
+    Any number of runners (processes, machines) may run one study at once: each starts a trial only while the
+    study has fewer complete or running trials than asked for, under the study lock, so together they finish
+    with exactly that many complete trials. A runner whose trial stops beating (killed) has that trial retried.
+    """
 
     def __init__(
         self,
         name: str,
-        storage: str,
+        storage: str | optuna.storages.RDBStorage,
         evaluator: Evaluator | None = None,
         evaluator_factory: Callable[[EvaluationSettings], Evaluator] | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        poll: float = 1.0,
     ) -> None:
-        self.study, self.spec = load_spec(name, storage)
-        self.storage = storage
-        self.store = ResultStore(storage)
+        self.rdb = open_storage(storage, heartbeat) if isinstance(storage, str) else storage
+        self.study, self.spec = load_spec(name, self.rdb)
+        self.storage = self.rdb.url
+        self.store = ResultStore(self.rdb.url, engine=self.rdb.engine)
+        self.lock = study_lock(self.rdb.engine, name)
+        self.poll = poll
         self._evaluator = evaluator
         self._factory = evaluator_factory
         self.objectives = objectives(self.spec.objectives)
         self.evaluation_seconds = 0.0  # inside the evaluator, for configs not in the cache
-        self.run_seconds = 0.0  # inside `run`: evaluation plus sampling, storage and bookkeeping
+        self.run_seconds = 0.0  # inside `run`: evaluation plus sampling, storage and bookkeeping, and waiting
+        self.wait_seconds = 0.0  # inside `run`, waiting for other workers' last trials
         self._space: SearchSpace | None = None
         self._warm_starts: list[tuple[str, ModelPrecision]] | None = None
+        self._hv_reference: list[float] | None = None
 
     @property
     def evaluator(self) -> Evaluator:
@@ -321,6 +404,16 @@ class StudyRunner:
     def complete_trials(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
+    def _counts(self) -> tuple[int, int]:
+        """(complete, running) trials, after failing the running trials whose workers stopped beating (each
+        failed one is re-enqueued by the storage's retry callback)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = sum(t.state is TrialState.COMPLETE for t in trials)
+        return complete, len(trials) - complete
+
     @property
     def warm_starts(self) -> list[tuple[str, ModelPrecision]]:
         """The study's warm starts for its model (computed once)."""
@@ -329,12 +422,15 @@ class StudyRunner:
         return self._warm_starts
 
     def enqueue_warm_starts(self) -> int:
-        """Enqueue each warm start that has no complete or waiting trial yet; returns how many were enqueued."""
+        """Enqueue each warm start that has no complete, running or waiting trial yet (under the study lock, so
+        workers starting together enqueue each once); returns how many were enqueued."""
         space = self.space
-        present = {
-            t.user_attrs.get("seed_key")
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
-        }
+        with self.lock:
+            return self._enqueue_missing(space)
+
+    def _enqueue_missing(self, space: SearchSpace) -> int:
+        states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        present = {t.user_attrs.get("seed_key") for t in self.study.get_trials(deepcopy=False, states=states)}
         enqueued = 0
         for name, precision in self.warm_starts:
             key = config_key(precision)
@@ -367,22 +463,24 @@ class StudyRunner:
         self.store.remember(fingerprint, reference, metrics)
         return metrics, False
 
-    def objective(self, trial: optuna.Trial) -> tuple[float, ...]:
+    def _suggest(self, trial: optuna.Trial) -> tuple[dict[str, str], ModelPrecision]:
+        """The trial's parameters (stored, so other workers' samplers see them) and its config."""
         space = self.space
         params = {
             name: trial.suggest_categorical(name, list(choices)) for name, choices in space.params.items()
         }
         seeded = trial.user_attrs.get("seed_config")
-        if seeded is not None:
-            parsed = parse_decoder_config(
-                seeded, lambda _name: hard_defaults(), source=f"trial {trial.number}"
-            )
-            precision = parsed.precision
-        else:
-            precision = space.decode(params)
+        if seeded is None:
+            return params, space.decode(params)
+        parsed = parse_decoder_config(seeded, lambda _name: hard_defaults(), source=f"trial {trial.number}")
+        return params, parsed.precision
+
+    def _score_trial(
+        self, trial: optuna.Trial, params: dict[str, str], precision: ModelPrecision
+    ) -> tuple[float, ...]:
+        space = self.space
         metrics, hit = self.score(precision)
         trial.set_user_attr("metrics", metrics.to_dict())
-        trial.set_user_attr("config_key", metrics.config_key)
         trial.set_user_attr("config", to_decoder_config(precision))
         trial.set_user_attr(
             "description", space.describe(params) if space.contains(precision) else "warm start"
@@ -393,7 +491,12 @@ class StudyRunner:
         return tuple(o.value(metrics) for o in self.objectives)
 
     def refresh(self) -> tuple[list[FrontMember], float | None]:
-        """Recompute the study's front table and record the hypervolume after its latest trial."""
+        """Recompute the study's front table and record the hypervolume after its latest trial (under the study
+        lock: two workers rewriting the front at once would interleave their rows)."""
+        with self.lock:
+            return self._refresh()
+
+    def _refresh(self) -> tuple[list[FrontMember], float | None]:
         records = trial_records(self.study, self.store)
         members = front(records, self.spec)
         self.store.replace_front(
@@ -409,12 +512,13 @@ class StudyRunner:
                 for m in members
             ],
         )
-        ref = self.study.user_attrs.get(HV_REFERENCE_ATTR)
+        ref = self._hv_reference or self.study.user_attrs.get(HV_REFERENCE_ATTR)
         warm = len(self.warm_starts) if self._evaluator else 0
         if ref is None and len(records) >= max(warm, 1):
             ref = hv_reference(records, self.objectives)
             if ref is not None:
                 self.study.set_user_attr(HV_REFERENCE_ATTR, ref)
+        self._hv_reference = ref  # fixed once set
         volume = None
         if ref is not None and records:
             points = [list(m.values.values()) for m in members]
@@ -427,30 +531,63 @@ class StudyRunner:
         trials: int,
         timeout: float | None = None,
         on_trial: Callable[[FrozenTrial, list[FrontMember], float | None], None] | None = None,
+        on_wait: Callable[[int], None] | None = None,
     ) -> int:
-        """Run until the study has `trials` complete trials (or `timeout` seconds pass); returns trials run."""
+        """Run trials until the study has `trials` complete ones (or `timeout` seconds pass); returns how many
+        this runner completed. While the rest are running in other workers it waits (`on_wait(running)` once per
+        wait): if one of them dies, its trial is retried here."""
         if trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {trials}")
-        remaining = trials - self.complete_trials()
-        if remaining <= 0:
+        if self.complete_trials() >= trials:
             return 0
         self.enqueue_warm_starts()
         cheap = _cheap_objectives(self)
         self.study.sampler = make_sampler(self.spec.sampler, self.spec.seed, self.space, cheap)
-
-        def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-            members, volume = self.refresh()
-            if on_trial is not None:
-                on_trial(trial, members, volume)
-
-        before, start = self.complete_trials(), time.perf_counter()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ran, waiting, start = 0, False, time.perf_counter()
         try:
-            self.study.optimize(
-                self.objective, n_trials=remaining, timeout=timeout, callbacks=[callback], catch=()
-            )
+            while deadline is None or time.monotonic() < deadline:
+                started = self._start_one(trials, on_trial)
+                if started is None:
+                    break
+                if started:
+                    ran, waiting = ran + 1, False
+                    continue
+                if on_wait is not None and not waiting:
+                    on_wait(self._counts()[1])
+                waiting, slept = True, time.perf_counter()
+                time.sleep(self.poll)
+                self.wait_seconds += time.perf_counter() - slept
         finally:
             self.run_seconds += time.perf_counter() - start
-        return self.complete_trials() - before
+        return ran
+
+    def _start_one(
+        self, trials: int, on_trial: Callable[[FrozenTrial, list[FrontMember], float | None], None] | None
+    ) -> bool | None:
+        """Run one trial if the study needs one: True when one ran, False when the rest are running elsewhere,
+        None when the study is done. The study lock is held from counting until the trial's parameters are
+        stored, so concurrent workers neither overshoot `trials` nor propose the same config."""
+        with ExitStack() as held:
+            held.enter_context(self.lock)
+            complete, running = self._counts()
+            if complete >= trials:
+                return None
+            if complete + running >= trials:
+                return False
+
+            def objective(trial: optuna.Trial) -> tuple[float, ...]:
+                suggested = self._suggest(trial)
+                held.close()  # parameters stored: other workers may start theirs
+                return self._score_trial(trial, *suggested)
+
+            def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+                members, volume = self.refresh()
+                if on_trial is not None:
+                    on_trial(trial, members, volume)
+
+            self.study.optimize(objective, n_trials=1, callbacks=[callback], catch=())
+        return True
 
 
 def _cheap_costs(spec: StudySpec, evaluator: Evaluator) -> Callable[[ModelPrecision], list[float]] | None:
