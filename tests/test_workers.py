@@ -85,6 +85,7 @@ def test_three_workers_on_postgresql_finish_exactly_60_trials_with_no_duplicate_
     study = optuna.load_study(study_name="s", storage=postgres_url)
     configs = {t.user_attrs["metrics"]["config_key"] for t in study.trials}
     assert rows == len(configs)  # every config scored exactly once
+    assert len(configs) >= 50  # workers seed their samplers apart: few configs are proposed twice
     ran = {
         w: sum(int(line.split()[2]) for line in err.splitlines() if line.startswith(f"{w} ran "))
         for w in ("w1", "w2", "w3")

@@ -200,6 +200,9 @@ def create(
     typer.echo(f"created study {name} ({model} on {target}, {space}, {sampler}) in {url}")
 
 
+MAX_LOCAL_WORKERS = (
+    64  # `study run --workers N`: processes on this machine, each with its own copy of the model
+)
 TrialsOpt = Annotated[int, typer.Option(help="Run until the study has this many complete trials.")]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")]
 HeartbeatOpt = Annotated[
@@ -231,8 +234,11 @@ def run(
     from tunelab.search.study import DEFAULT_HEARTBEAT, StudyRunner
 
     _check_run_options(trials, timeout, heartbeat)
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if not 1 <= workers <= MAX_LOCAL_WORKERS:
+        raise ConfigError(
+            f"--workers must be 1..{MAX_LOCAL_WORKERS} (each local worker is a process that loads the model), "
+            f"got {workers}"
+        )
     url = _storage(name, storage)
     runner = StudyRunner(name, url, evaluator_factory=_evaluator_factory(reference_dir), heartbeat=heartbeat)
     done = runner.complete_trials()

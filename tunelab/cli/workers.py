@@ -4,6 +4,7 @@ local worker processes."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -42,6 +43,13 @@ def worker_command(
     reference_dir: RefDirOpt = None,
     heartbeat: HeartbeatOpt = 15.0,
     label: Annotated[str, typer.Option(help="This worker's name in its output.")] = "",
+    worker: Annotated[
+        int | None,
+        typer.Option(
+            help="This worker's number, offsetting the sampler's seed so workers propose different configs "
+            "(default: drawn at random; `study run --workers N` numbers its workers 0..N-1)."
+        ),
+    ] = None,
 ) -> None:
     """Run trials of an existing study alongside other workers (on this or other machines) until the study has
     `--trials` complete trials. Workers share the study through its database (PostgreSQL across machines)."""
@@ -49,7 +57,9 @@ def worker_command(
 
     _check_run_options(trials, timeout, heartbeat)
     url = _storage(name, storage)
-    runner = StudyRunner(name, url, evaluator_factory=_evaluator_factory(reference_dir), heartbeat=heartbeat)
+    number = secrets.randbelow(2**31) if worker is None else worker
+    factory = _evaluator_factory(reference_dir)
+    runner = StudyRunner(name, url, evaluator_factory=factory, heartbeat=heartbeat, worker=number)
     _run_here(runner, name, url, trials, timeout, label=label or f"worker {os.getpid()}")
 
 
@@ -65,7 +75,7 @@ def run_workers(name: str, url: str, n: int, options: list[str]) -> None:
     err.print(f"starting {n} workers on study {name} ({threads} thread(s) each)", highlight=False)
     workers = [
         subprocess.Popen(
-            [*command, "--label", f"w{i + 1}"],
+            [*command, "--label", f"w{i + 1}", "--worker", str(i)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -357,7 +357,9 @@ class StudyRunner:
         evaluator_factory: Callable[[EvaluationSettings], Evaluator] | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         poll: float = 1.0,
+        worker: int = 0,
     ) -> None:
+        self.worker = worker  # offsets the sampler's seed: workers sharing a study must not propose alike
         self.rdb = open_storage(storage, heartbeat) if isinstance(storage, str) else storage
         self.study, self.spec = load_spec(name, self.rdb)
         self.storage = self.rdb.url
@@ -404,12 +406,13 @@ class StudyRunner:
     def complete_trials(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
-    def _counts(self) -> tuple[int, int]:
+    def _counts(self, fail_stale: bool = True) -> tuple[int, int]:
         """(complete, running) trials, after failing the running trials whose workers stopped beating (each
-        failed one is re-enqueued by the storage's retry callback)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        failed one is re-enqueued by the storage's retry callback) when `fail_stale`."""
+        if fail_stale:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
         trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         complete = sum(t.state is TrialState.COMPLETE for t in trials)
         return complete, len(trials) - complete
@@ -542,7 +545,7 @@ class StudyRunner:
             return 0
         self.enqueue_warm_starts()
         cheap = _cheap_objectives(self)
-        self.study.sampler = make_sampler(self.spec.sampler, self.spec.seed, self.space, cheap)
+        self.study.sampler = make_sampler(self.spec.sampler, self.spec.seed + self.worker, self.space, cheap)
         deadline = None if timeout is None else time.monotonic() + timeout
         ran, waiting, start = 0, False, time.perf_counter()
         try:
@@ -570,7 +573,11 @@ class StudyRunner:
         stored, so concurrent workers neither overshoot `trials` nor propose the same config."""
         with ExitStack() as held:
             held.enter_context(self.lock)
-            complete, running = self._counts()
+            # Stale trials only matter when they would make this worker wait: otherwise Optuna fails them (and
+            # the retry callback re-enqueues them) just before it starts the next trial.
+            complete, running = self._counts(fail_stale=False)
+            if complete < trials <= complete + running:
+                complete, running = self._counts()
             if complete >= trials:
                 return None
             if complete + running >= trials:
