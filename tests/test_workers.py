@@ -3,6 +3,7 @@ worker killed with SIGKILL mid-trial, and database URLs that cannot be used."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -223,3 +224,40 @@ def test_a_sqlite_study_moves_to_postgresql_with_one_command_and_continues_there
     assert code in (0, None), err
     assert trial_states(postgres_url) == {TrialState.COMPLETE: 8}
     assert trial_states(source) == {TrialState.COMPLETE: 4}
+
+
+INTERRUPTIBLE = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
+os.execv(sys.executable, [sys.executable, "-m", "tunelab", *sys.argv[1:]])
+"""
+
+
+def test_ctrl_c_stops_every_local_worker_and_says_in_one_line_what_was_kept(env, tmp_path):
+    _, _, _, refs = env
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    new_study(env, url)
+    command = ["study", "run", "s", "--storage", url, "--trials", "100000", "--workers", "2"]
+    run = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE, *command, "--reference-dir", str(refs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    study = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        with contextlib.suppress(KeyError):
+            study = study or optuna.load_study(study_name="s", storage=url)
+        if study is not None and len(study.get_trials(states=(TrialState.COMPLETE,))) >= 6:
+            break
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    interrupted = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(interrupted) == 1 and interrupted[0] == err.splitlines()[-1], err[-2000:]
+    states = trial_states(url)
+    assert f"{states[TrialState.COMPLETE]} complete trials are kept" in interrupted[0]
+    assert TrialState.RUNNING not in states  # each worker marked its running trial failed before it exited
+    assert "front of" not in out

@@ -320,8 +320,8 @@ def _run_here(runner: Any, name: str, url: str, trials: int, timeout: float | No
     except KeyboardInterrupt:
         kept = runner.complete_trials()
         err.print(
-            f"interrupted: {prefix}{kept} complete trials are kept in {_safe_url(url)}; the running trial was "
-            f"marked failed; `tunelab study run {name}` resumes",
+            f"interrupted: {prefix}{kept} complete trials are kept in {_safe_url(url)}; a trial that was running "
+            f"is marked failed; `tunelab study run {name}` resumes",
             soft_wrap=True,
             highlight=False,
         )

@@ -87,8 +87,9 @@ def run_workers(name: str, url: str, n: int, options: list[str]) -> None:
         for i in range(n)
     ]
     last_lines: dict[int, str] = {}
+    quiet = threading.Event()  # set on Ctrl-C: the one line saying what was kept comes from here
     relays = [
-        threading.Thread(target=_relay, args=(w, f"w{i + 1}", i, last_lines), daemon=True)
+        threading.Thread(target=_relay, args=(w, f"w{i + 1}", i, last_lines, quiet), daemon=True)
         for i, w in enumerate(workers)
     ]
     for relay in relays:
@@ -96,13 +97,14 @@ def run_workers(name: str, url: str, n: int, options: list[str]) -> None:
     try:
         codes = [w.wait() for w in workers]
     except KeyboardInterrupt:
+        quiet.set()
         _stop(workers)
         from tunelab.search.study import StudyRunner
 
         kept = StudyRunner(name, url).complete_trials()
         print(
-            f"interrupted: stopped {n} workers; {kept} complete trials are kept in {_safe_url(url)}; their "
-            f"running trials were marked failed; `tunelab study run {name}` resumes",
+            f"interrupted: stopped {n} workers; {kept} complete trials are kept in {_safe_url(url)}; trials "
+            f"that were running are marked failed; `tunelab study run {name}` resumes",
             file=sys.stderr,
         )
         sys.exit(130)
@@ -117,12 +119,14 @@ def run_workers(name: str, url: str, n: int, options: list[str]) -> None:
         )
 
 
-def _relay(worker: subprocess.Popen, label: str, index: int, last_lines: dict[int, str]) -> None:
-    """Print a worker's stderr lines as they come, each naming the worker."""
+def _relay(
+    worker: subprocess.Popen, label: str, index: int, last_lines: dict[int, str], quiet: threading.Event
+) -> None:
+    """Print a worker's stderr lines as they come, each naming the worker (none once `quiet` is set)."""
     assert worker.stderr is not None
     for line in worker.stderr:
         line = line.rstrip("\n")
-        if line.strip():
+        if line.strip() and not quiet.is_set():
             last_lines[index] = line
             print(line if line.startswith(f"{label} ") else f"{label}: {line}", file=sys.stderr, flush=True)
 
