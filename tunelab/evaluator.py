@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.files import shown
 from tunelab.interop import to_decoder_config
 from tunelab.perf import Device, memory_per_chip, predict
 from tunelab.precision import ModelPrecision, Precision, check_decoder_count
@@ -114,12 +115,63 @@ class Metrics:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Metrics:
+        """Metrics stored as JSON (a trial's user attribute, a cache row); a malformed value is a one-line
+        `TunelabError` naming the field."""
+        if not isinstance(data, Mapping):
+            raise TunelabError(f"metrics: expected a JSON object, found {shown(data)}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        problem = _metrics_problem(values)
+        if problem is not None:
+            raise TunelabError(f"metrics: {problem}")
         if values.get("top1_ci") is not None:
             values["top1_ci"] = tuple(values["top1_ci"])
         values["per_window_top1"] = tuple(values.get("per_window_top1") or ())
         return cls(**values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+_METRIC_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "config_key": (lambda v: isinstance(v, str), "a string"),
+    "evaluator": (lambda v: isinstance(v, str), "a string"),
+    "feasible": (lambda v: isinstance(v, bool), "true or false"),
+    "n_windows": (lambda v: type(v) is int, "an integer"),
+    "n_positions": (lambda v: type(v) is int, "an integer"),
+    "top1_ci": (
+        _optional(lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(map(_is_number, v))),
+        "two numbers or null",
+    ),
+    "per_window_top1": (
+        _optional(lambda v: isinstance(v, list | tuple) and all(map(_is_number, v))),
+        "a list of numbers",
+    ),
+    **dict.fromkeys(
+        ("reason", "accuracy_kind", "throughput_kind"),
+        (_optional(lambda v: isinstance(v, str)), "a string or null"),
+    ),
+    **dict.fromkeys(
+        ("top1", "top1_tie_aware", "top5", "kl", "ppl", "tok_s_u", "ttft_ms", "dram_bytes", "seconds"),
+        (_optional(_is_number), "a number or null"),
+    ),
+}
+
+
+def _metrics_problem(values: Mapping[str, Any]) -> str | None:
+    """What is wrong with stored metrics fields (their types), or None."""
+    if "config_key" not in values:
+        return "config_key is missing"
+    for key, value in values.items():
+        check, expected = _METRIC_FIELDS[key]
+        if not check(value):
+            return f"{key} must be {expected}, found {shown(value)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -509,6 +561,9 @@ class EvaluationSettings:
 
     def __post_init__(self) -> None:
         """Settings that no model can score are refused here, before anything is stored or loaded."""
+        for name in ("model", "mesh_device", "device", "corpus"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, found {shown(getattr(self, name))}")
         for name in ("window_len", "prefill_len", "batch", "seq_len"):
             _check_int(name, getattr(self, name), 1)
         if self.windows is not None:
@@ -556,14 +611,23 @@ def emulated_evaluator(
     reference_dir: str | Path | None = None,
     loaded: Any = None,
     on_load: Callable[[str], None] | None = None,
+    on_loaded: Callable[[Any], None] | None = None,
 ) -> tuple[Evaluator, Any]:
     """(Evaluator, loaded model) for `settings`: the model loaded (unless given), its reference found or built
     (all of the corpus's windows, at most 8, so that verification can use more than the search), the emulator
-    checked against the reference's model fingerprint, throughput modelled on the mesh device."""
+    checked against the reference's model fingerprint, throughput modelled on the mesh device. `on_loaded(model)`
+    sees a model this loads before anything is built for it (it may refuse the model by raising)."""
     from tunelab.backends.emulated import EmulatorOptions, emulator_for
     from tunelab.eval.corpus import WindowSpec
     from tunelab.eval.reference import ReferenceStore, check_fingerprint, get_reference
+    from tunelab.models import load_model
     from tunelab.perf import device as mesh_device
+
+    def load(source: str, n_layers: int | None) -> Any:
+        model = load_model(source, n_layers=n_layers)
+        if on_loaded is not None:
+            on_loaded(model)
+        return model
 
     target = mesh_device(settings.mesh_device)
     reference, loaded, _ = get_reference(
@@ -574,14 +638,13 @@ def emulated_evaluator(
         layers=settings.layers,
         store=ReferenceStore(reference_dir),
         loaded=loaded,
+        load_model=load,
         on_load=on_load,
     )
     if loaded is None:
         if on_load is not None:
             on_load(settings.model)
-        from tunelab.models import load_model
-
-        loaded = load_model(settings.model, n_layers=settings.layers)
+        loaded = load(settings.model, settings.layers)
     check_fingerprint(reference, loaded, settings.model)
     options = EmulatorOptions(settings.accumulation, lm_head_format=settings.lm_head)
     emulator = emulator_for(loaded, options, settings.device)

@@ -6,30 +6,47 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 
-__all__ = ["MAX_READ_BYTES", "WRITTEN", "atomic_write", "read_json", "read_text", "shown", "writable"]
+__all__ = [
+    "MAX_LINE",
+    "MAX_READ_BYTES",
+    "WRITTEN",
+    "atomic_write",
+    "one_line",
+    "read_json",
+    "read_text",
+    "shown",
+    "writable",
+]
 
 MAX_READ_BYTES = 64 * 2**20
+MAX_LINE = 399  # characters of a message line the CLI prints (an `error: ` line stays below 400)
+_LONG_WORD = 120  # a path or value longer than this is shown by its head and tail
+_REPR_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
 WRITTEN: list[
     Path
 ] = []  # every file atomic_write completed in this process, in order (the CLI names them on Ctrl-C)
 
 
 def writable(path: str | Path) -> Path:
-    """The file `path` names (symlinks followed), checked to be writable: not a directory, in one that exists."""
+    """The file `path` names (symlinks followed), checked to be writable: a regular file or none yet (never a
+    directory, FIFO or device, which a rename would replace), in a directory that exists."""
     try:
         target = Path(path).resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop
+        if target.is_dir():
+            raise TunelabError(f"{path}: is a directory, not a file")
+        if target.exists() and not target.is_file():
+            raise TunelabError(f"{path}: is not a regular file (a FIFO, socket or device); write to a file")
+        if not target.parent.is_dir():
+            raise TunelabError(f"{path}: directory {target.parent} does not exist")
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
         raise TunelabError(f"{path}: cannot resolve: {getattr(exc, 'strerror', None) or exc}") from None
-    if target.is_dir():
-        raise TunelabError(f"{path}: is a directory, not a file")
-    if not target.parent.is_dir():
-        raise TunelabError(f"{path}: directory {target.parent} does not exist")
     return target
 
 
@@ -116,6 +133,18 @@ def shown(value: object, limit: int = 40) -> str:
         text = repr(value)
     else:
         return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(message: object, limit: int = MAX_LINE) -> str:
+    """`message` as one printable line of at most `limit` characters: whitespace runs become one space, control
+    characters and undecodable bytes (a non-UTF-8 file name's surrogates) become `?`, as do the escapes `repr()`
+    writes for them (`\\x1b`, `\\udcff`), and a very long word (a path or a value) keeps its head and tail around
+    `...`."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(message).split()))
+    text = _REPR_ESCAPE.sub("?", text)
+    words = [w if len(w) <= _LONG_WORD else f"{w[:60]}...{w[-40:]}" for w in text.split(" ")]
+    text = " ".join(words)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

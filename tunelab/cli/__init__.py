@@ -14,7 +14,7 @@ import typer
 from tunelab.cli import config, perf, reference, run, sensitivity, study, workers
 from tunelab.cli import eval as eval_
 from tunelab.errors import TunelabError, TunelabWarning
-from tunelab.files import WRITTEN
+from tunelab.files import WRITTEN, one_line
 
 try:  # typer >= 0.24 vendors click; older versions use click itself
     from typer._click import exceptions as click_errors
@@ -52,25 +52,24 @@ def main() -> None:
             sys.exit(exc.exit_code)
         except click_errors.UsageError as exc:  # a bad option or value: one line, like every other mistake
             hint = f" (`{exc.ctx.command_path} --help` lists the options)" if exc.ctx else ""
-            message = " ".join(exc.format_message().split())
-            print(f"error: {message}{hint}", file=sys.stderr)
+            print(one_line(f"error: {exc.format_message()}{hint}"), file=sys.stderr)
             sys.exit(exc.exit_code)
         except click_errors.ClickException as exc:
-            print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+            print(one_line(f"error: {exc.format_message()}"), file=sys.stderr)
             sys.exit(exc.exit_code)
         except typer.Abort:  # Ctrl-C at a prompt
             print("interrupted: nothing was written", file=sys.stderr)
             sys.exit(130)
         except TunelabError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(one_line(f"error: {exc}"), file=sys.stderr)
             sys.exit(2)
         except _Interrupted as exc:
-            print(f"interrupted: {exc}", file=sys.stderr)
+            print(one_line(f"interrupted: {exc}"), file=sys.stderr)
             sys.exit(130)
         finally:
             for warning in caught:
                 if issubclass(warning.category, TunelabWarning):
-                    print(f"warning: {warning.message}", file=sys.stderr)
+                    print(one_line(f"warning: {warning.message}"), file=sys.stderr)
     sys.exit(result if isinstance(result, int) else 0)
 
 

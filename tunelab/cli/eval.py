@@ -150,8 +150,12 @@ def _stored_reference(
 
 
 def _is_refpt(reference: str) -> bool:
+    """Whether `--reference` names a .refpt file (else it is a reference key)."""
     path = Path(reference)
-    return path.suffix == ".refpt" or path.is_file()
+    try:
+        return path.suffix == ".refpt" or path.is_file()
+    except OSError:  # a name too long to be a path: a key
+        return False
 
 
 def _pct(x: float | None) -> str:

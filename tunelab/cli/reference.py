@@ -30,6 +30,7 @@ from tunelab.cli.options import (
 from tunelab.errors import TunelabError
 from tunelab.eval.corpus import WindowSpec, resolve_corpus
 from tunelab.eval.reference import DEFAULT_TOP_K, Reference, ReferenceStore, get_reference, request_for
+from tunelab.files import writable
 
 app = typer.Typer(
     help="Reference logits of the Hugging Face model on a corpus (cached), and tt-metal .refpt files.",
@@ -97,7 +98,7 @@ def check_given(ctx: typer.Context, what: str, built: dict[str, tuple[Any, Any]]
     built with (`built`: option name -> (shown, compared) value, as `built_with` gives); one left out takes the
     reference's value."""
     for name, value in given.items():
-        if not _given(ctx, name):
+        if not option_given(ctx, name):
             continue
         shown, expected = built[name]
         if (resolve_corpus(value)[1].identity() if name == "corpus" else value) != expected:
@@ -108,7 +109,7 @@ def check_given(ctx: typer.Context, what: str, built: dict[str, tuple[Any, Any]]
             )
 
 
-def _given(ctx: typer.Context, name: str) -> bool:
+def option_given(ctx: typer.Context, name: str) -> bool:
     """Whether option `name` was given (on the command line or in the environment), not left at its default."""
     source = ctx.get_parameter_source(name)  # typer's own click: its ParameterSource, compared by name
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
@@ -276,7 +277,7 @@ def export(
     from tunelab.eval.refpt import export_refpt
 
     store = ReferenceStore(directory)
-    if output.resolve().parent == store.root.resolve():
+    if writable(output).parent == store.root.resolve():
         raise TunelabError(
             f"{output}: inside the reference directory {store.root}; write the .refpt elsewhere"
         )

@@ -58,6 +58,7 @@ def run(
     for name, value in (("--prefill", prefill), ("--layers", layers)):
         if value is not None and value < 1:
             raise TunelabError(f"{name} must be at least 1, got {value}")
+    _check_utf8(text)
     config = config_file(config, json_file)
     if preset is None and config is None and optimizations is None:
         preset = "performance"
@@ -80,6 +81,17 @@ def run(
     with torch.no_grad():
         reference = loaded.hf_model(tokens[None]).logits[0, prefill_len:].argmax(-1)
     _print(loaded.tokenizer, tokens, prefill_len, emulated, ceiling, reference, _source_name(preset, config))
+
+
+def _check_utf8(text: str) -> None:
+    """`--text` as the tokenizer needs it: bytes that are not UTF-8 (they reach Python as lone surrogates) are a
+    one-line error, not a tokenizer TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TunelabError(
+            f"--text is not UTF-8 text (an undecodable byte at character {exc.start})"
+        ) from None
 
 
 def _prefill_length(n_tokens: int, prefill: int | None, model: ModelConfig) -> int:

@@ -30,22 +30,21 @@ err = Console(stderr=True)
 def _study_for_model(
     model: str, mesh: str | None, device: str, layers: int | None, storage: str | None
 ) -> tuple:
-    """(name, storage URL) of `sensitivity-<model basename>`, created (random sampler, per-decoder) if missing."""
+    """(name, storage URL) of `sensitivity-<model basename>`, created (random sampler, per-decoder) if missing.
+    The options are checked before `studies/` is made, and the model before a database is."""
     from tunelab.evaluator import EvaluationSettings
     from tunelab.perf import device as lookup_device
     from tunelab.search.study import StudySpec, create_study, list_studies
 
     name = f"sensitivity-{Path(model.rstrip('/')).name}"
-    url = _storage(name, storage, create=True)
     target = lookup_device(mesh_device(mesh, None)).name
-    existing = {s["name"]: s for s in list_studies(url)}
+    evaluation = EvaluationSettings(
+        model=model, mesh_device=target, windows=1, device=torch_device(device), layers=layers
+    )
+    spec = StudySpec(name=name, evaluation=evaluation, space={"granularity": "per-decoder"}, sampler="random")
+    url = _storage(name, storage, create=True)
+    existing = {s["name"]: s for s in list_studies(url)} if _database_exists(url) else {}
     if name not in existing:
-        evaluation = EvaluationSettings(
-            model=model, mesh_device=target, windows=1, device=torch_device(device), layers=layers
-        )
-        spec = StudySpec(
-            name=name, evaluation=evaluation, space={"granularity": "per-decoder"}, sampler="random"
-        )
         create_study(spec, url)
         err.print(f"created study {name} in {url}")
     elif existing[name]["mesh_device"] != target:
@@ -54,6 +53,15 @@ def _study_for_model(
             f"use --study {name} or another --storage"
         )
     return name, url
+
+
+def _database_exists(url: str) -> bool:
+    """False for a SQLite file that is not there yet (listing it would create it)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return database in (None, "", ":memory:") or Path(database).exists()
 
 
 def sensitivity_command(
@@ -82,6 +90,7 @@ def sensitivity_command(
     """
     from tunelab.evaluator import config_key
     from tunelab.search.sensitivity import (
+        MAX_LADDER,
         PROFILE_ATTR,
         AdditiveModel,
         Profile,
@@ -98,8 +107,10 @@ def sensitivity_command(
 
     if windows < 1:
         raise ConfigError(f"--windows must be >= 1, got {windows}")
-    if ladder < 0:
-        raise ConfigError(f"--ladder must be >= 0, got {ladder}")
+    if not 0 <= ladder <= MAX_LADDER:
+        raise ConfigError(f"--ladder must be 0..{MAX_LADDER}, got {ladder}")
+    if top < 0:
+        raise ConfigError(f"--top must be >= 0, got {top}")
     if study is not None and model is not None:
         raise ConfigError("give --study NAME or --model MODEL, not both")
     if study is not None and (mesh is not None or layers is not None):
@@ -111,6 +122,8 @@ def sensitivity_command(
     _, spec = load_spec(name, url)
     settings = replace(spec.evaluation, windows=windows)
     runner = StudyRunner(name, url, evaluator=_evaluator_factory(reference_dir)(settings))
+    # Stored trials that cannot be read fail now, before the profile runs.
+    trial_records(runner.study, runner.store)
     evaluator, loaded_model = runner.evaluator, runner.model
     space = SearchSpace.from_spec(
         spec.space_for(loaded_model.name, loaded_model.n_layers).base,

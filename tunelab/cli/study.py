@@ -30,7 +30,7 @@ from tunelab.cli.options import (
     mesh_device,
     torch_device,
 )
-from tunelab.cli.reference import note
+from tunelab.cli.reference import note, option_given
 from tunelab.errors import ConfigError, TunelabError
 
 app = typer.Typer(help="Pareto searches over per-decoder configs (Optuna studies).", no_args_is_help=True)
@@ -67,9 +67,40 @@ def _existing_sqlite(url: str, create: bool) -> None:
     except Exception:
         return  # the storage layer says what is wrong with it
     database = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if not create and database not in (None, "", ":memory:") and not Path(database).exists():
+    if create or database in (None, "", ":memory:"):
+        return
+    try:
+        exists = Path(database).exists()
+    except OSError as exc:  # a name too long for the file system
+        raise TunelabError(f"{database}: cannot be a study database ({exc.strerror or exc})") from None
+    if not exists:
         raise TunelabError(
             f"no study database {database} (`tunelab study create` makes one; --storage names another)"
+        )
+    _check_study_database(Path(database))
+
+
+def _check_study_database(path: Path) -> None:
+    """Refuse a SQLite file without Optuna's tables before Optuna opens it: Optuna would create them in it (an
+    empty file, another program's database), changing a file that is not a study database."""
+    import sqlite3
+    from urllib.request import pathname2url
+
+    if not path.is_file():
+        raise TunelabError(f"{path}: is not a regular file, so not a study database")
+    try:
+        connection = sqlite3.connect(f"file:{pathname2url(str(path))}?mode=ro", uri=True)
+        try:
+            tables = {
+                row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise TunelabError(f"cannot open the study database {path}: {exc}") from None
+    if "studies" not in tables:
+        raise TunelabError(
+            f"{path}: not a study database (it has no Optuna tables; `tunelab study create` makes one)"
         )
 
 
@@ -78,11 +109,15 @@ def _csv_list(value: str | None) -> list[str] | None:
 
 
 def _evaluator_factory(reference_dir: Path | None):
+    """A StudyRunner's evaluator factory: `check_model(fingerprint)` sees the model as soon as it is loaded."""
     from tunelab.evaluator import emulated_evaluator
 
-    def factory(settings: Any) -> Any:
+    def factory(settings: Any, check_model: Any = None) -> Any:
         evaluator, _ = emulated_evaluator(
-            settings, reference_dir=reference_dir, on_load=lambda source: note(f"loading {source} ...")
+            settings,
+            reference_dir=reference_dir,
+            on_load=lambda source: note(f"loading {source} ..."),
+            on_loaded=None if check_model is None else lambda loaded: check_model(loaded.fingerprint),
         )
         return evaluator
 
@@ -400,9 +435,9 @@ def list_command(storage: StorageOpt = None, as_json: JsonOutOpt = False) -> Non
     """The studies in a database (default: every studies/*.db)."""
     from tunelab.search.study import list_studies
 
-    if storage:
-        _existing_sqlite(storage, create=False)
     urls = [storage] if storage else [f"sqlite:///{p}" for p in sorted(Path("studies").glob("*.db"))]
+    for url in urls:
+        _existing_sqlite(url, create=False)
     rows = [{**s, "storage": url} for url in urls for s in list_studies(url)]
     if as_json:
         typer.echo(json.dumps(rows))
@@ -465,6 +500,8 @@ def front_command(
     """The feasible non-dominated trials (verified metrics where verified)."""
     from tunelab.search.study import StudyRunner
 
+    if as_json and as_csv:
+        raise ConfigError("give --json or --csv, not both")
     runner = StudyRunner(name, _storage(name, storage))
     rows = _front_rows(runner)
     if as_json:
@@ -498,7 +535,10 @@ def verify(
     runner = StudyRunner(name, _storage(name, storage))
     settings = replace(runner.spec.evaluation, windows=windows, accumulation=accumulation)
     evaluator, _ = emulated_evaluator(
-        settings, reference_dir=reference_dir, on_load=lambda s: note(f"loading {s} ...")
+        settings,
+        reference_dir=reference_dir,
+        on_load=lambda s: note(f"loading {s} ..."),
+        on_loaded=lambda loaded: runner.check_model(loaded.fingerprint),
     )
 
     def on_member(v: Any) -> None:
@@ -518,6 +558,7 @@ def verify(
 
 @app.command()
 def export(
+    ctx: typer.Context,
     name: NameArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="The decoder_config JSON to write.")],
     trial: Annotated[int | None, typer.Option(help="Export this trial.")] = None,
@@ -541,11 +582,17 @@ def export(
     from tunelab.search.export import choose, export_trial
     from tunelab.search.study import StudyRunner, front, trial_records
 
+    if not 0 <= tolerance < 1:
+        raise ConfigError(f"--tolerance is a fraction in 0..1, got {tolerance}")
+    if as_fast_as is None and option_given(ctx, "tolerance"):
+        raise ConfigError(
+            "--tolerance goes with --as-fast-as PRESET (it is the speed margin from that preset)"
+        )
+    if min_top1 is not None and not 0 <= min_top1 <= 1:
+        raise ConfigError(f"--min-top1 is a fraction in 0..1, got {min_top1}")
     runner = StudyRunner(name, _storage(name, storage))
     records = trial_records(runner.study, runner.store)
     members = front(records, runner.spec)
-    if not 0 <= tolerance < 1:
-        raise ConfigError(f"--tolerance is a fraction in 0..1, got {tolerance}")
     record = choose(
         records,
         members,

@@ -183,11 +183,12 @@ def resolve_corpus(text: str) -> tuple[str, CorpusSpec]:
     if text.startswith("hf:"):
         return text, _parse_hf(text)
     path = Path(text).expanduser()
-    if path.is_dir():
+    kind = _file_kind(path)
+    if kind == "dir":
         if not any(path.glob("*.txt")):
             raise CorpusError(f"{path}: a corpus directory needs *.txt files (one document each)")
         return str(path), CorpusSpec("text", path=str(path.absolute()))
-    if path.is_file():
+    if kind == "file":
         if path.suffix.lower() == ".json":
             data = _read_json(path)
             if isinstance(data, dict):
@@ -198,6 +199,14 @@ def resolve_corpus(text: str) -> tuple[str, CorpusSpec]:
         f"unknown corpus {text!r}: not a registered name ({', '.join(CORPORA)}), an existing file or directory, "
         "or hf:NAME:CONFIG:SPLIT:COLUMN"
     )
+
+
+def _file_kind(path: Path) -> str | None:
+    """What `path` is: "dir", "file" (a regular one) or None (missing, or a name the file system cannot hold)."""
+    try:
+        return "dir" if path.is_dir() else "file" if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _parse_hf(text: str) -> CorpusSpec:

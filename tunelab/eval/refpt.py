@@ -12,6 +12,7 @@ candidate works (it needs only the true tokens), KL and the reference's own perp
 from __future__ import annotations
 
 import io
+import stat
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -38,8 +39,7 @@ __all__ = ["export_refpt", "import_refpt", "read_refpt"]
 def read_refpt(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
     """(top5_tokens [L-1, 5], reference_tokens [1, L]) of a .refpt file, validated (one-line errors)."""
     path = Path(path)
-    if path.is_dir():
-        raise ReferenceError(f"{path}: is a directory, not a .refpt file")
+    _check_regular(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
@@ -69,6 +69,20 @@ def read_refpt(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
             f"{path}: top5_tokens has shape {tuple(top5.shape)}, expected [{length - 1}, 5] for {length} tokens"
         )
     return top5[: length - 1, :5].to(torch.int64), tokens.to(torch.int64)
+
+
+def _check_regular(path: Path) -> None:
+    """A one-line error unless `path` is a regular file (a FIFO would block `torch.load` forever)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ReferenceError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ReferenceError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise ReferenceError(f"{path}: is a directory, not a .refpt file")
+    if not stat.S_ISREG(mode):
+        raise ReferenceError(f"{path}: is not a regular file (expected a .refpt file)")
 
 
 def import_refpt(

@@ -15,6 +15,7 @@ that does not match, with a `CacheWarning`, instead of using it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -168,9 +169,19 @@ def _tidy(models: Path, key: str, identity: dict) -> None:
             _remove_quietly(other)
 
 
+def _missing_directories(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def store(key: str, identity: dict, write: Callable[[Path], None]) -> Path:
     """Build an entry with `write(directory)` and move it into place atomically; returns the entry directory."""
     models = _models_dir()
+    made = _missing_directories(models)
     try:
         models.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=models))
@@ -206,6 +217,9 @@ def store(key: str, identity: dict, write: Callable[[Path], None]) -> Path:
             return final
     except BaseException:
         _remove_quietly(temp)
+        for directory in made:  # a failed first conversion leaves the cache as it was
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     _tidy(models, key, identity)
     return final

@@ -70,13 +70,16 @@ class ModelConfig:
         rope = rope if isinstance(rope, dict) else {}
         rope_theta = get("rope_theta") or rope.get("rope_theta") or 10000.0
         dim = get("hidden_size")
+        n_kv_heads = get("num_key_value_heads")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        _check_head_groups(n_heads, n_kv_heads, name)
         return cls(
             name=name,
             architecture=architecture,
             dim=dim,
             n_layers=check_decoder_count(get("num_hidden_layers"), f"{name}: num_hidden_layers"),
             n_heads=n_heads,
-            n_kv_heads=get("num_key_value_heads") or n_heads,
+            n_kv_heads=n_kv_heads,
             head_dim=get("head_dim") or dim // n_heads,
             hidden_dim=get("intermediate_size"),
             vocab_size=get("vocab_size"),
@@ -96,6 +99,16 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
+
+
+def _check_head_groups(n_heads: object, n_kv_heads: object, name: str) -> None:
+    """Grouped-query attention shares each KV head among an equal number of query heads: a count that does not
+    divide is a malformed config (other bad values are left to the callers' range checks)."""
+    counts = (n_heads, n_kv_heads)
+    if all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in counts) and n_heads % n_kv_heads:
+        raise TunelabError(
+            f"{name}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}"
+        )
 
 
 def _architecture(architectures: object, model_type: object, name: str) -> str:

@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -25,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.files import shown
 from tunelab.models import cache
 from tunelab.models.config import ModelConfig, UnsupportedArchitecture
 from tunelab.models.convert import hf_to_canonical, meta_checkpoint_to_hf, meta_tokenizer
@@ -110,15 +112,17 @@ def _load_hf(src: Source, location: str, kwargs: dict, n_layers: int | None) -> 
     config = _limit_layers(src, _check(hf_config, src.name), n_layers)
     if n_layers is not None:
         _truncate(hf_config, n_layers)
-    model = _hf_call(
+    model, loading = _hf_call(
         src,
         "weights",
         AutoModelForCausalLM.from_pretrained,
         location,
         config=hf_config,
         dtype=torch.float32,
+        output_loading_info=True,
         **kwargs,
     )
+    _check_weights(src, model, loading)
     model.eval().requires_grad_(False)
     tokenizer = _hf_call(src, "tokenizer", AutoTokenizer.from_pretrained, location, **kwargs)
     weights = hf_to_canonical(model.state_dict(), config)
@@ -143,6 +147,22 @@ def _hf_call(src: Source, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if src.kind == "hub":
             raise TunelabError(f"cannot load {src.location!r} ({what}): {first}") from None
         raise TunelabError(f"{src.display}: cannot load the {what} ({first})") from None
+
+
+def _check_weights(src: Source, model: Any, loading: dict[str, Any]) -> None:
+    """Refuse (one line) a checkpoint that lacks weights its config needs (transformers would initialise them at
+    random) or holds NaN or infinite weights: either would be scored silently as if it were the model."""
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise TunelabError(
+            f"{src.display}: the checkpoint lacks {len(missing)} weights its config.json needs (e.g. {missing[0]}); "
+            "config and weights do not match"
+        )
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not all(
+            torch.isfinite(chunk).all() for chunk in tensor.detach().reshape(-1).split(1 << 24)
+        ):
+            raise TunelabError(f"{src.display}: weight {name} holds NaN or infinite values")
 
 
 def _fill_architecture(hf_config: Any) -> None:
@@ -174,6 +194,13 @@ def _check(hf_config: Any, name: str) -> ModelConfig:
     act = getattr(hf_config, "hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise UnsupportedArchitecture(f"{name}: unsupported MLP activation {act} (supported: silu)")
+    if not (math.isfinite(config.rope_theta) and config.rope_theta > 0):
+        raise TunelabError(f"{name}: rope_theta must be a positive number, found {shown(config.rope_theta)}")
+    positions = config.max_position_embeddings
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        raise TunelabError(
+            f"{name}: max_position_embeddings must be a positive integer, found {shown(positions)}"
+        )
     return config
 
 

@@ -95,6 +95,14 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a name the file system cannot hold (too long, a NUL byte) names nothing."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _looks_like_path(text: str) -> bool:
     return (
         text.startswith(("/", ".", "~"))
@@ -138,7 +146,7 @@ def resolve_source(source: str | os.PathLike | None = None) -> Source:
         path = embedded_model_path(text.lower())
         return Source("gguf", str(path), model.name, f"{text.lower()} ({path})")
     path = Path(text).expanduser()
-    if path.exists():
+    if _exists(path):
         path = path.absolute()
         if path.is_dir():
             return _from_directory(path, str(path))

@@ -24,7 +24,7 @@ from tunelab.models.config import ModelConfig
 from tunelab.models.shapes import ModelNotFound, model_shape
 from tunelab.perf.devices import Device, device
 from tunelab.perf.support import check_supported
-from tunelab.perf.throughput import PerfParams, decode_breakdown, prefill_breakdown
+from tunelab.perf.throughput import PerfParams, decode_breakdown, param_problem, prefill_breakdown
 from tunelab.precision import ModelPrecision
 
 __all__ = [
@@ -183,10 +183,18 @@ def fit(rows: Sequence[CalibrationRow]) -> Fit:
     params = _fit_subset(rows, params, DECODE_PARAMS, lambda r, p: np.log(_tok_s_u(r, p) / r.tok_s_u))
     timed = [r for r in rows if r.ttft_ms is not None]
     params = _fit_subset(timed, params, PREFILL_PARAMS, lambda r, p: np.log(_ttft_ms(r, p) / r.ttft_ms))
-    diverged = [name for name, value in asdict(params).items() if not math.isfinite(value)]
+    values = _rounded(params)
+    diverged = [f"{name} = {values[name]:.3g}" for name in values if param_problem(name, values[name])]
     if diverged:
-        raise TunelabError(f"the fit did not converge ({', '.join(diverged)} not finite); check the rows")
+        raise TunelabError(
+            f"the fit did not converge ({', '.join(diverged)} out of range); check the rows' measured values"
+        )
     return Fit(params, tuple(errors(rows, params)))
+
+
+def _rounded(params: PerfParams) -> dict[str, float]:
+    """The parameters as the params file stores them."""
+    return {k: round(v, 6) for k, v in asdict(params).items()}
 
 
 def errors(rows: Sequence[CalibrationRow], params: PerfParams) -> list[RowError]:
@@ -226,7 +234,7 @@ def summary(found: Sequence[RowError]) -> dict[str, dict[str, float]]:
 def write_params(result: Fit, path: str | Path, data: str = PACKAGED_DATA) -> None:
     """Write the fitted parameters with their fit error (the packaged `perf_params.json` format), atomically."""
     content = {
-        "params": {k: round(v, 6) for k, v in asdict(result.params).items()},
+        "params": _rounded(result.params),
         "fit_error": summary(result.errors),
         "calibration": {
             "data": data,

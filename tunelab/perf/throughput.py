@@ -38,6 +38,7 @@ __all__ = [
     "decode_breakdown",
     "load_params",
     "memory_per_chip",
+    "param_problem",
     "predict",
     "prefill_breakdown",
 ]
@@ -46,6 +47,7 @@ PARAMS_FILE = Path(__file__).parent / "data" / "perf_params.json"
 PARAMS_WHAT = "a perf parameters JSON file (`tunelab perf calibrate` writes one)"
 # Parameters the model divides by (efficiencies and rates): they must be positive; the others are times, >= 0.
 DIVISOR_PARAMS = frozenset({"dram_efficiency", "unpack_per_cycle", "eth_efficiency", "prefill_efficiency"})
+MAX_PARAM = 1e6  # far above any fit (the packaged ones are 0.5..80); larger values overflow the model's sums
 
 TILE = 32
 DECODE_OPS = 17  # per decoder: 2 norms, QKV, heads, RoPE, cache update, SDPA, concat, WO, w1, w3, mul, w2, 2 adds, 2 casts
@@ -128,12 +130,22 @@ def _parse_params(data: object, source: str) -> PerfParams:
     if missing:
         raise TunelabError(f"{source}: params lacks {', '.join(missing)}")
     for name in names:
-        value, divisor = params[name], name in DIVISOR_PARAMS
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or value < 0 or (divisor and value == 0):
-            expected = "a positive number" if divisor else "a number >= 0"
-            raise TunelabError(f"{source}: params.{name} must be {expected}, found {shown(value)}")
+        problem = param_problem(name, params[name])
+        if problem is not None:
+            raise TunelabError(f"{source}: params.{name} {problem}")
     return PerfParams(**{name: float(params[name]) for name in names})
+
+
+def param_problem(name: str, value: object) -> str | None:
+    """Why `value` cannot be parameter `name` (a finite number in range; positive for a divisor), or None."""
+    divisor = name in DIVISOR_PARAMS
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (divisor and value == 0):
+        expected = "a positive number" if divisor else "a number >= 0"
+        return f"must be {expected}, found {shown(value)}"
+    if value > MAX_PARAM:
+        return f"must be at most {MAX_PARAM:g}, found {shown(value)}"
+    return None
 
 
 def predict(

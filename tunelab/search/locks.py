@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import threading
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 from filelock import FileLock
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
+
+from tunelab.errors import TunelabError
 
 __all__ = ["study_lock"]
 
@@ -25,7 +28,12 @@ def study_lock(engine: Engine, study: str) -> AbstractContextManager[None]:
     if engine.dialect.name == "postgresql":
         return _AdvisoryLock(engine, _key(study))
     if engine.dialect.name == "sqlite" and url.database not in (None, "", ":memory:"):
-        return FileLock(f"{url.database}.lock")
+        path = Path(f"{url.database}.lock")
+        if path.exists() and not path.is_file():
+            raise TunelabError(
+                f"{path}: the study's lock file is not a regular file; remove it (no worker holds it)"
+            )
+        return FileLock(path)
     return threading.RLock()
 
 

@@ -431,11 +431,12 @@ def write_study_plots(runner: Any, out_dir: str | Path) -> list[Path]:
         raise TunelabError(f"{out}: exists and is not a directory")
     if not out.parent.is_dir():
         raise TunelabError(f"{out}: parent directory {out.parent} does not exist")
+    # Every stored row is read (and a corrupt one refused) before the directory is made.
+    figures = study_figures(runner.study, runner.spec, runner.store)
     try:
         out.mkdir(exist_ok=True)
     except OSError as exc:
         raise TunelabError(f"{out}: cannot create: {exc.strerror or exc}") from None
-    figures = study_figures(runner.study, runner.spec, runner.store)
     _write_plotlyjs(out)
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", runner.study.study_name)
     paths = []

@@ -13,6 +13,7 @@ starts' nadir, so proposals aim beyond the presets); when none improves it, the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,13 +27,23 @@ from tunelab.errors import ConfigError
 from tunelab.search.pareto import hypervolume, nondominated, to_minimisation
 from tunelab.search.space import SearchSpace
 
-__all__ = ["SAMPLERS", "AdditiveSampler", "make_sampler"]
+__all__ = ["SAMPLERS", "AdditiveSampler", "make_sampler", "stored_hv_reference"]
 
 SAMPLERS = ("additive", "tpe", "nsga2", "gp", "random")
 HV_REFERENCE_ATTR = (
     "tunelab_hv_reference"  # the study's hypervolume reference point, once its warm starts ran
 )
 Cheap = Mapping[int, Callable[[dict[str, str]], float]]
+
+
+def stored_hv_reference(study: optuna.Study, n_objectives: int) -> list[float] | None:
+    """The study's stored hypervolume reference point, or None when there is none yet or the stored value is not
+    `n_objectives` finite numbers (a corrupt value is then computed again from the warm starts)."""
+    value = study.user_attrs.get(HV_REFERENCE_ATTR)
+    if not isinstance(value, list) or len(value) != n_objectives:
+        return None
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    return [float(v) for v in value] if numbers else None
 
 
 def make_sampler(name: str, seed: int, space: SearchSpace, cheap: Cheap | None = None) -> BaseSampler:
@@ -196,7 +207,7 @@ class AdditiveSampler(BaseSampler):
             else:
                 w, b = weights[j]
                 predicted[:, j] = Xc @ w + b
-        reference = study.user_attrs.get(HV_REFERENCE_ATTR) or self._reference(values, maximise)
+        reference = stored_hv_reference(study, n_obj) or self._reference(values, maximise)
         front_points = values[front_idx]
         base_volume = hypervolume(front_points.tolist(), maximise, reference)
         # Only candidates the front does not already dominate (and that beat the reference) can gain volume.

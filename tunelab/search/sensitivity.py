@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tunelab.search.study import StudyRunner, TrialRecord
 
 __all__ = [
+    "MAX_LADDER",
     "PROFILE_ATTR",
     "AdditiveModel",
     "Profile",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 PROFILE_ATTR = "tunelab_sensitivity_profile"  # the study user attribute naming its profile
+MAX_LADDER = 1000  # configs one ladder enqueues: each is a trial to run
 # The default lowered levels per format: tt-transformers' own fidelity for bfp8 weights, the cheapest for bfp4.
 _LEVEL_FIDELITY = {Precision.BFP8: "HIFI2", Precision.BFP4: "LOFI"}
 _FORMAT_RANK = {Precision.BFP4: 0, Precision.BFP8: 1, Precision.BF16: 2}
@@ -307,8 +309,8 @@ def ladder_rungs(
     resolution: int = 1 << 15,
 ) -> list[Rung]:
     """The ladder with its budgets and predictions; see `ladder`."""
-    if n < 1:
-        raise ConfigError(f"--ladder needs at least 1 config, got {n}")
+    if not 1 <= n <= MAX_LADDER:
+        raise ConfigError(f"--ladder needs 1..{MAX_LADDER} configs, got {n}")
     _per_decoder(space)
     base = baseline_params(space)
 

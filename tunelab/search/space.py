@@ -143,6 +143,9 @@ class Knob:
         return order.index(fmt), len(terms), fp32
 
 
+_SPACE_MEMBER = {"tensors": "tensor", "ops": "op", "formats": "format", "fidelities": "fidelity"}
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Per-decoder configs reachable by the search: `groups` of decoders, `knobs` per group, the rest from `base`."""
@@ -214,7 +217,7 @@ class SearchSpace:
                 return tuple(enum[n.upper()] for n in names)
             except KeyError as exc:
                 raise ConfigError(
-                    f"unknown {key[:-1]} {exc.args[0]!r} (expected one of {', '.join(m.name for m in enum)})"
+                    f"unknown {_SPACE_MEMBER[key]} {exc.args[0]!r} (expected one of {', '.join(m.name for m in enum)})"
                 ) from None
 
         return cls.build(

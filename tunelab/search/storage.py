@@ -151,6 +151,18 @@ class ResultStore:
         except SQLAlchemyError as exc:
             raise TunelabError(f"study database {_safe(self.url)}: {_first_line(exc)}") from None
 
+    def _metrics(self, text: object, table: type[Base]) -> Metrics:
+        """Metrics stored as JSON text in one of tunelab's tables; a corrupt row is one line naming the table."""
+        where = f"study database {_safe(self.url)}, table {table.__tablename__}"
+        try:
+            data = json.loads(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise TunelabError(f"{where}: a row's metrics are not JSON (the database is corrupt)") from None
+        try:
+            return Metrics.from_dict(data)
+        except TunelabError as exc:
+            raise TunelabError(f"{where}: corrupt stored {exc}") from None
+
     # -- the evaluation cache
     def cached(self, fingerprint: str, reference: str, config_key: str, evaluator: str) -> Metrics | None:
         with self.session() as s:
@@ -162,7 +174,16 @@ class ResultStore:
                     EvaluationRow.evaluator_key == evaluator,
                 )
             )
-        return None if row is None else Metrics.from_dict(json.loads(row))
+        return None if row is None else self._metrics(row, EvaluationRow)
+
+    def check_cached(self, evaluator: str) -> None:
+        """Read every cached score of `evaluator`: a corrupt row fails now, not in the middle of a trial."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(EvaluationRow.metrics).where(EvaluationRow.evaluator_key == evaluator)
+            ).all()
+        for row in rows:
+            self._metrics(row, EvaluationRow)
 
     def remember(self, fingerprint: str, reference: str, metrics: Metrics) -> None:
         """Insert-or-ignore: a concurrent writer of the same key wins, this write is dropped."""
@@ -182,6 +203,15 @@ class ResultStore:
                     ["model_fingerprint", "reference_key", "config_key", "evaluator_key"],
                 ).values(**values)
             )
+
+    def model_fingerprints(self, evaluator_keys: Iterable[str]) -> set[str]:
+        """The model fingerprints of the cached scores these evaluators produced."""
+        keys = sorted(set(evaluator_keys))
+        if not keys:
+            return set()
+        with self.session() as s:
+            query = select(EvaluationRow.model_fingerprint).where(EvaluationRow.evaluator_key.in_(keys))
+            return set(s.scalars(query.distinct()))
 
     def evaluation_count(self) -> int:
         with self.session() as s:
@@ -263,7 +293,7 @@ class ResultStore:
                 .where(VerificationRow.study == study)
                 .order_by(VerificationRow.created)
             ).all()
-            return {r.trial: (Metrics.from_dict(json.loads(r.metrics)), r.flagged) for r in rows}
+            return {r.trial: (self._metrics(r.metrics, VerificationRow), r.flagged) for r in rows}
 
     # -- sensitivity
     def record_sensitivity(
@@ -291,8 +321,8 @@ class ResultStore:
                     "layer": r.layer,
                     "tensor": r.tensor,
                     "lowered": r.lowered,
-                    "metrics": Metrics.from_dict(json.loads(r.metrics)),
-                    "baseline": Metrics.from_dict(json.loads(r.baseline)),
+                    "metrics": self._metrics(r.metrics, SensitivityRow),
+                    "baseline": self._metrics(r.baseline, SensitivityRow),
                 }
                 for r in rows
             ]

@@ -12,8 +12,10 @@ sampler proposes anything; a warm start whose trial was interrupted is enqueued 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.evaluator import EvaluationSettings, Evaluator, Metrics, config_key
+from tunelab.files import shown
 from tunelab.interop import to_decoder_config
 from tunelab.interop.decoder_json import parse_decoder_config
 from tunelab.model_presets import PRESETS, model_preset
@@ -35,7 +38,7 @@ from tunelab.presets import hard_defaults
 from tunelab.search.locks import study_lock
 from tunelab.search.objectives import Constraints, Objective, objectives
 from tunelab.search.pareto import hypervolume, nondominated
-from tunelab.search.samplers import HV_REFERENCE_ATTR, make_sampler
+from tunelab.search.samplers import HV_REFERENCE_ATTR, make_sampler, stored_hv_reference
 from tunelab.search.space import SearchSpace, check_granularity
 from tunelab.search.storage import ResultStore, _first_line, _safe, normalise_url
 
@@ -59,8 +62,31 @@ __all__ = [
 
 SPEC_ATTR = "tunelab"
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SEED_RANGE = 2**32  # NumPy's: Optuna's samplers seed a RandomState
 DEFAULT_SEEDS = ("defaults", "performance", "accuracy")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _ReportedByCaller(logging.Filter):
+    """Drops Optuna's two log records of a trial that failed with a `TunelabError` (the error with its traceback,
+    then "Trial N failed with value None"): the runner raises the error on to its caller, which reports it (the
+    CLI in one line), so the log would only repeat it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TunelabError):
+            self._dropped.trial = record.getMessage().partition(" failed with ")[0]  # "Trial 4"
+            return False
+        trial = getattr(self._dropped, "trial", None)
+        self._dropped.trial = None
+        return trial is None or not record.getMessage().startswith(f"{trial} failed with value ")
+
+
+for _handler in logging.getLogger("optuna").handlers:
+    _handler.addFilter(_ReportedByCaller())
 
 
 def default_storage(name: str, directory: str | Path = "studies", create: bool = True) -> str:
@@ -101,6 +127,10 @@ class StudySpec:
             raise ConfigError(f"--min-top1 is a fraction in 0..1, got {self.min_top1}")
         if self.max_dram_gb is not None and not 0 < self.max_dram_gb < math.inf:
             raise ConfigError(f"--max-dram is a positive number of GB, got {self.max_dram_gb}")
+        if not 0 <= self.seed < SEED_RANGE:
+            raise ConfigError(
+                f"--seed must be in 0..{SEED_RANGE - 1} (the samplers' seed range), got {self.seed}"
+            )
 
     @property
     def constraints(self) -> Constraints:
@@ -114,6 +144,10 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudySpec:
+        """The spec a study stores (`to_dict`); stored settings that cannot be a spec are a one-line ConfigError."""
+        problem = _spec_problem(data)
+        if problem is not None:
+            raise ConfigError(problem)
         data = dict(data)
         data["evaluation"] = EvaluationSettings.from_dict(data.get("evaluation", {}))
         data["objectives"] = tuple(data.get("objectives", ("top1", "tok_s_u")))
@@ -141,6 +175,65 @@ class StudySpec:
                 seen.add(key)
                 unique.append((name, precision))
         return unique
+
+
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def _is_number(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _is_seed_configs(value: object) -> bool:
+    """A list of [file name, decoder_config object] pairs."""
+    pairs = value if isinstance(value, list | tuple) else [None]
+    return all(
+        isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], dict)
+        for p in pairs
+    )
+
+
+_SPEC_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "evaluation": (
+        lambda v: isinstance(v, dict) and {"model", "mesh_device"} <= set(v),
+        "an object with a model and a mesh_device",
+    ),
+    "space": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) or _is_text_list(x) for x in v.values()),
+        "an object of strings and lists of strings",
+    ),
+    "base": (lambda v: isinstance(v, str), "a string"),
+    "sampler": (lambda v: isinstance(v, str), "a string"),
+    "seed": (lambda v: type(v) is int, "an integer"),
+    "objectives": (_is_text_list, "a list of strings"),
+    "min_top1": (_is_number, "a number or null"),
+    "max_dram_gb": (_is_number, "a number or null"),
+    "seeds": (_is_text_list, "a list of strings"),
+    "seed_configs": (
+        _is_seed_configs,
+        "a list of [file name, decoder_config] pairs",
+    ),
+}
+
+
+def _spec_problem(data: object) -> str | None:
+    """What makes stored settings unusable as a `StudySpec`: not an object, an unknown or missing key, a value of
+    the wrong JSON type (values are checked further when the spec is made), or None."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, found {shown(data)}"
+    unknown = sorted(set(data) - set(_SPEC_FIELDS))
+    if unknown:
+        return f"unknown key {shown(unknown[0])}"
+    missing = [key for key in ("name", "evaluation") if key not in data]
+    if missing:
+        return f"{missing[0]} is missing"
+    for key, value in data.items():
+        check, expected = _SPEC_FIELDS[key]
+        if not check(value):
+            return f"{key} must be {expected}, found {shown(value)}"
+    return None
 
 
 DEFAULT_HEARTBEAT = (
@@ -176,18 +269,20 @@ def _storage(storage: str | optuna.storages.RDBStorage) -> optuna.storages.RDBSt
 
 
 def create_study(spec: StudySpec, storage: str | optuna.storages.RDBStorage) -> optuna.Study:
-    """A new study (an existing name is an error: run resumes it, delete removes it)."""
-    rdb = _storage(storage)
-    if spec.name in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
-        raise TunelabError(
-            f"study {spec.name!r} already exists in {_safe(rdb.url)}: `tunelab study run {spec.name}` resumes it, "
-            f"`tunelab study delete {spec.name}` removes it"
-        )
+    """A new study (an existing name is an error: run resumes it, delete removes it). Everything the study needs
+    is checked before the database is opened, so a refused study leaves no new database file behind."""
     check_granularity(spec.space.get("granularity", "blocks:4"))
     SearchSpace.from_spec(
         ModelPrecision.uniform(hard_defaults(), 1), {**spec.space, "granularity": "uniform"}
     )
     _check_model(spec)
+    _check_corpus(spec.evaluation.corpus)
+    rdb = _storage(storage)
+    if spec.name in _study_names(rdb):
+        raise TunelabError(
+            f"study {spec.name!r} already exists in {_safe(rdb.url)}: `tunelab study run {spec.name}` resumes it, "
+            f"`tunelab study delete {spec.name}` removes it"
+        )
     directions = [o.direction for o in objectives(spec.objectives)]
     study = optuna.create_study(storage=rdb, study_name=spec.name, directions=directions)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
@@ -211,34 +306,79 @@ def _check_model(spec: StudySpec) -> None:
     spec.warm_starts(config.name, config.n_layers)
 
 
-def load_spec(name: str, storage: str | optuna.storages.RDBStorage) -> tuple[optuna.Study, StudySpec]:
-    rdb = _storage(storage)
+def _check_corpus(corpus: str) -> None:
+    """A corpus that cannot be found or read is refused when the study is created, not at its first trial (a hub
+    dataset is fetched only when the reference is built)."""
+    from tunelab.eval.corpus import iter_documents, resolve_corpus
+
+    _, spec = resolve_corpus(corpus)
+    if spec.kind != "datasets":
+        for _ in iter_documents(spec):
+            pass
+
+
+def _study_names(rdb: optuna.storages.RDBStorage) -> list[str]:
+    return sorted(optuna.get_all_study_names(rdb))
+
+
+def _tunelab_study(name: str, rdb: optuna.storages.RDBStorage) -> tuple[optuna.Study, object]:
+    """A study tunelab created, with its stored settings as stored (not yet checked)."""
+    where = f"study {name!r} in {_safe(rdb.url)}"
     try:
         study = optuna.load_study(study_name=name, storage=rdb)
+        data = study.user_attrs.get(SPEC_ATTR)
     except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb))
-        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        known = f" (studies there: {shown})" if names else " (it has no studies)"
+        names = _study_names(rdb)
+        listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        known = f" (studies there: {listed})" if names else " (it has no studies)"
         raise TunelabError(f"no study {name!r} in {_safe(rdb.url)}{known}") from None
-    data = study.user_attrs.get(SPEC_ATTR)
+    except ValueError:  # Optuna stores attributes as JSON text
+        raise TunelabError(f"{where}: its stored attributes are not JSON (the database is corrupt)") from None
     if data is None:
-        raise TunelabError(f"study {name!r} in {_safe(rdb.url)} was not created by tunelab")
-    return study, StudySpec.from_dict(data)
+        raise TunelabError(f"{where} was not created by tunelab")
+    return study, data
+
+
+def load_spec(name: str, storage: str | optuna.storages.RDBStorage) -> tuple[optuna.Study, StudySpec]:
+    """The study and its settings; stored settings that are not a usable spec of this study are one line."""
+    rdb = _storage(storage)
+    study, data = _tunelab_study(name, rdb)
+    where = f"study {name!r} in {_safe(rdb.url)}"
+    try:
+        spec = StudySpec.from_dict(data)  # type: ignore[arg-type]  # checked by from_dict
+    except TunelabError as exc:
+        raise TunelabError(
+            f"{where}: its stored settings (user attribute {SPEC_ATTR!r}) are corrupt: {exc}"
+        ) from None
+    if spec.name != name:
+        raise TunelabError(
+            f"{where}: its stored settings are those of study {spec.name!r} (an edited database?)"
+        )
+    return study, spec
 
 
 def list_studies(storage: str) -> list[dict[str, Any]]:
+    """A row per study; one whose stored settings are corrupt is listed with what can be read of them (`study
+    show NAME` says what is wrong)."""
     rdb = _storage(storage)
+    try:
+        summaries = optuna.get_all_study_summaries(rdb)
+    except ValueError:  # Optuna stores attributes as JSON text
+        raise TunelabError(
+            f"{_safe(rdb.url)}: a study's stored attributes are not JSON (the database is corrupt)"
+        ) from None
     out = []
-    for summary in optuna.get_all_study_summaries(rdb):
-        spec = summary.user_attrs.get(SPEC_ATTR, {})
+    for summary in summaries:
+        spec = _mapping(summary.user_attrs.get(SPEC_ATTR))
+        evaluation, space = _mapping(spec.get("evaluation")), _mapping(spec.get("space"))
         out.append(
             {
                 "name": summary.study_name,
                 "trials": summary.n_trials,
-                "model": spec.get("evaluation", {}).get("model"),
-                "mesh_device": spec.get("evaluation", {}).get("mesh_device"),
+                "model": evaluation.get("model"),
+                "mesh_device": evaluation.get("mesh_device"),
                 "sampler": spec.get("sampler"),
-                "space": spec.get("space", {}).get("granularity"),
+                "space": space.get("granularity"),
                 "started": summary.datetime_start.isoformat(timespec="seconds")
                 if summary.datetime_start
                 else None,
@@ -247,9 +387,14 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
     return out
 
 
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def delete_study(name: str, storage: str) -> None:
+    """Delete a study tunelab created, even one whose stored settings are corrupt."""
     rdb = _storage(storage)
-    load_spec(name, rdb)
+    _tunelab_study(name, rdb)
     optuna.delete_study(study_name=name, storage=rdb)
     ResultStore(rdb.url, engine=rdb.engine).delete_study(name)
 
@@ -257,9 +402,10 @@ def delete_study(name: str, storage: str) -> None:
 def copy_study(name: str, source: str, target: str) -> int:
     """Copy a study with its trials and tunelab's rows into another database (e.g. from SQLite to PostgreSQL
     when more workers join); returns the trials copied. The source is left as it was."""
-    rdb, destination = _storage(source), _storage(target)
-    study, _ = load_spec(name, rdb)
-    if name in {s.study_name for s in optuna.get_all_study_summaries(destination)}:
+    rdb = _storage(source)
+    study, _ = load_spec(name, rdb)  # before the destination is opened (and maybe created)
+    destination = _storage(target)
+    if name in _study_names(destination):
         raise TunelabError(f"study {name!r} already exists in {_safe(destination.url)}")
     optuna.copy_study(from_study_name=name, from_storage=rdb, to_storage=destination)
     source_store = ResultStore(rdb.url, engine=rdb.engine)
@@ -298,8 +444,8 @@ def trial_records(study: optuna.Study, store: ResultStore | None = None) -> list
             TrialRecord(
                 number=t.number,
                 params=dict(t.params),
-                metrics=Metrics.from_dict(t.user_attrs["metrics"]),
-                config=t.user_attrs.get("config", {}),
+                metrics=_stored_metrics(study, t),
+                config=_stored_config(study, t),
                 preset=t.user_attrs.get("preset"),
                 description=t.user_attrs.get("description", ""),
                 verified=verified,
@@ -307,6 +453,25 @@ def trial_records(study: optuna.Study, store: ResultStore | None = None) -> list
             )
         )
     return records
+
+
+def _stored_metrics(study: optuna.Study, trial: FrozenTrial) -> Metrics:
+    try:
+        return Metrics.from_dict(trial.user_attrs["metrics"])
+    except TunelabError as exc:
+        raise TunelabError(
+            f"study {study.study_name!r}, trial {trial.number}: corrupt stored {exc}"
+        ) from None
+
+
+def _stored_config(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    config = trial.user_attrs.get("config", {})
+    if not isinstance(config, dict) or not isinstance(config.get("decoders", {}), dict):
+        raise TunelabError(
+            f"study {study.study_name!r}, trial {trial.number}: corrupt stored config (expected a decoder_config "
+            f"object, found {shown(config)})"
+        )
+    return config
 
 
 @dataclass(frozen=True)
@@ -354,7 +519,7 @@ class StudyRunner:
         name: str,
         storage: str | optuna.storages.RDBStorage,
         evaluator: Evaluator | None = None,
-        evaluator_factory: Callable[[EvaluationSettings], Evaluator] | None = None,
+        evaluator_factory: Callable[[EvaluationSettings, Callable[[str], None]], Evaluator] | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         poll: float = 1.0,
         worker: int = 0,
@@ -381,8 +546,21 @@ class StudyRunner:
         if self._evaluator is None:
             if self._factory is None:
                 raise TunelabError("this study runner has no evaluator")
-            self._evaluator = self._factory(self.spec.evaluation)
+            self._evaluator = self._factory(self.spec.evaluation, self.check_model)
         return self._evaluator
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse a model other than the one the study's trials were scored on (its checkpoint's weights or
+        tokenizer changed since): new trials would not be comparable with the stored ones. The factory calls
+        this as soon as the model is loaded, before any reference is built for it."""
+        keys = {r.metrics.evaluator for r in trial_records(self.study)}
+        known = self.store.model_fingerprints(keys)
+        if known and fingerprint not in known:
+            raise TunelabError(
+                f"study {self.study.study_name}'s trials were scored on model fingerprint {min(known)}, but "
+                f"{self.spec.evaluation.model} now has {fingerprint} (its weights or tokenizer changed): create a "
+                "new study for it"
+            )
 
     @property
     def model(self) -> Any:
@@ -515,7 +693,7 @@ class StudyRunner:
                 for m in members
             ],
         )
-        ref = self._hv_reference or self.study.user_attrs.get(HV_REFERENCE_ATTR)
+        ref = self._hv_reference or stored_hv_reference(self.study, len(self.objectives))
         warm = len(self.warm_starts) if self._evaluator else 0
         if ref is None and len(records) >= max(warm, 1):
             ref = hv_reference(records, self.objectives)
@@ -543,9 +721,14 @@ class StudyRunner:
             raise ConfigError(f"--trials must be >= 1, got {trials}")
         if self.complete_trials() >= trials:
             return 0
+        # Stored trials and cached scores that cannot be read fail now, before a new trial is stored.
+        trial_records(self.study, self.store)
+        self.store.check_cached(self.evaluator.key)
         self.enqueue_warm_starts()
         cheap = _cheap_objectives(self)
-        self.study.sampler = make_sampler(self.spec.sampler, self.spec.seed + self.worker, self.space, cheap)
+        self.study.sampler = make_sampler(
+            self.spec.sampler, (self.spec.seed + self.worker) % SEED_RANGE, self.space, cheap
+        )
         deadline = None if timeout is None else time.monotonic() + timeout
         ran, waiting, start = 0, False, time.perf_counter()
         try:
