@@ -82,6 +82,17 @@ def test_speed_job_command_line_and_environment(tmp_path):
     assert sixteen[-2:] == ("--batch_size", "16") and "performance and batch-1" in sixteen
 
 
+def test_jobs_pass_an_absolute_config_path_since_pytest_runs_from_the_tt_metal_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative = Path("tt_runs") / "config-0000.json"
+    for job in (
+        speed_job(tmp_path / "tt-metal", "m", device("N150"), relative),
+        accuracy_job(tmp_path / "tt-metal", "m", device("N150"), relative),
+    ):
+        given = Path(job.argv[job.argv.index("--decoder_config_file") + 1])
+        assert given.is_absolute() and given == tmp_path / relative
+
+
 def test_accuracy_job_command_line_and_galaxy_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("WH_ARCH_YAML", raising=False)
     job = accuracy_job(tmp_path, "meta-llama/Llama-3.1-70B", device("Galaxy"), tmp_path / "c.json")

@@ -109,7 +109,7 @@ def speed_job(
     batch-1's `--batch_size`, as tt-transformers' README shows)."""
     case = "batch-32" if batch == 32 else "batch-1"
     argv = [sys.executable, "-m", "pytest", DEMO, "-k", f"performance and {case}"]
-    argv += ["--decoder_config_file", str(config_file)]
+    argv += ["--decoder_config_file", str(Path(config_file).resolve())]  # pytest runs from the tt-metal root
     if batch not in (1, 32):
         argv += ["--batch_size", str(batch)]
     return Job("demo", tuple(argv), _env(root, hf_model, device), root, timeout_s)
@@ -120,7 +120,7 @@ def accuracy_job(
 ) -> Job:
     """The teacher-forced accuracy test against the reference file (prefill 512, 511 decode steps)."""
     argv = (sys.executable, "-m", "pytest", ACCURACY_TEST, "-k", "performance and file")
-    argv += ("--decoder_config_file", str(config_file))
+    argv += ("--decoder_config_file", str(Path(config_file).resolve()))  # pytest runs from the tt-metal root
     return Job("accuracy", argv, _env(root, hf_model, device), root, timeout_s)
 
 
