@@ -72,6 +72,7 @@ def test_speed_job_command_line_and_environment(tmp_path):
     job = speed_job(root, "meta-llama/Llama-3.1-8B-Instruct", device("N150"), config)
     assert job.argv[1:] == (
         "-m", "pytest", DEMO, "-k", "performance and batch-1", "--decoder_config_file", str(config),
+        "--timeout", str(round(job.timeout_s)),
     )  # fmt: skip
     assert job.cwd == root and job.timeout_s > 0
     assert job.env["HF_MODEL"] == "meta-llama/Llama-3.1-8B-Instruct"
@@ -102,6 +103,8 @@ def test_accuracy_job_command_line_and_galaxy_environment(tmp_path, monkeypatch)
         "performance and file",
         "--decoder_config_file",
         str(tmp_path / "c.json"),
+        "--timeout",
+        "3600",
     )
     assert job.env["MESH_DEVICE"] == "TG" and "WH_ARCH_YAML" not in job.env
 

@@ -110,6 +110,7 @@ def speed_job(
     case = "batch-32" if batch == 32 else "batch-1"
     argv = [sys.executable, "-m", "pytest", DEMO, "-k", f"performance and {case}"]
     argv += ["--decoder_config_file", str(Path(config_file).resolve())]  # pytest runs from the tt-metal root
+    argv += ["--timeout", str(round(timeout_s))]  # tt-metal's pytest.ini stops a test at 300 s
     if batch not in (1, 32):
         argv += ["--batch_size", str(batch)]
     return Job("demo", tuple(argv), _env(root, hf_model, device), root, timeout_s)
@@ -121,6 +122,7 @@ def accuracy_job(
     """The teacher-forced accuracy test against the reference file (prefill 512, 511 decode steps)."""
     argv = (sys.executable, "-m", "pytest", ACCURACY_TEST, "-k", "performance and file")
     argv += ("--decoder_config_file", str(Path(config_file).resolve()))  # pytest runs from the tt-metal root
+    argv += ("--timeout", str(round(timeout_s)))  # tt-metal's pytest.ini stops a test at 300 s
     return Job("accuracy", argv, _env(root, hf_model, device), root, timeout_s)
 
 
